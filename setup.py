@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llamba",
+    version="0.1.0",
+    description="CPU-first quantized LLM inference in Python: GGUF files, Numba kernels, memory-mapped weights",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["runtime", "runtime.*", "quant", "quant.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "gguf>=0.10",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.19",
+        "jinja2>=3.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "torch==2.13.0",
+            "transformers>=4.46",
+            "accelerate",
+            "safetensors",
+            "protobuf",
+            "ruff",
+        ],
+        "interop": ["llama-cpp-python==0.3.36"],
+    },
+    entry_points={"console_scripts": ["llamba=runtime.cli:main"]},
+)
