@@ -1,26 +1,62 @@
 """QMatrix: a (n_rows, n_cols) weight matrix stored as raw GGML blocks, computed on without unpacking it.
 
-PLACEHOLDER implementation: matvec/matmul dequantize; the Numba kernels replace this.
+Two kernel paths (docs in kernels_float.py / kernels_int.py):
+  "float": weights decoded on the fly against float32 activations (exact up to float32 rounding);
+  "int":   activations quantized to Q8_0/Q8_K and integer dots per block, as llama.cpp does.
+The float types (F32/F16/BF16) always use the float path. DEFAULT_PATH applies where none is given.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels_float, kernels_int
 from .dequant import dequantize
-from .types import GGMLType, row_bytes
+from .kernel_blocks import layout
+from .types import GGMLType, QuantTypeError, row_bytes, type_info
+
+PATHS = ("float", "int")
+DEFAULT_PATH = "float"
+_FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
-@dataclass
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view (no copy), so memory maps and test arrays share one compiled kernel."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _f32(a, ndim: int, n_cols: int, what: str) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.ndim != ndim or a.shape[-1] != n_cols:
+        raise ValueError(f"{what} must have {ndim} dimension(s) with {n_cols} columns, got shape {a.shape}")
+    return a
+
+
+def _deliver(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return y
+    if out.shape != y.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {y.shape}")
+    out[...] = y
+    return out
+
+
 class QMatrix:
-    raw: np.ndarray  # (n_rows, row_bytes) uint8, usually a view into a memory map
-    qtype: GGMLType
-    n_cols: int
-
-    def __post_init__(self):
-        self.qtype = GGMLType(self.qtype)
-        assert self.raw.dtype == np.uint8 and self.raw.ndim == 2
-        assert self.raw.shape[1] == row_bytes(self.qtype, self.n_cols)
+    def __init__(self, raw: np.ndarray, qtype, n_cols: int, path: str | None = None):
+        self.qtype = type_info(qtype).type
+        if self.qtype == GGMLType.Q8_K:
+            raise QuantTypeError("Q8_K is an activation type, not a weight type")
+        if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 2:
+            raise QuantTypeError(f"raw must be a 2-D uint8 array, got {getattr(raw, 'dtype', type(raw))}")
+        if raw.shape[1] != row_bytes(self.qtype, n_cols):
+            raise QuantTypeError(f"{self.qtype.name} rows of {n_cols} elements take {row_bytes(self.qtype, n_cols)}"
+                                 f" bytes, raw has {raw.shape[1]}")
+        self.path = path or DEFAULT_PATH
+        if self.path not in PATHS:
+            raise ValueError(f"unknown kernel path {self.path!r}; choose one of {PATHS}")
+        self.raw = _readonly(np.ascontiguousarray(raw))  # (n_rows, row_bytes); no copy when contiguous
+        self.n_cols = int(n_cols)
+        self._block, self._sub = layout(self.qtype, self.n_cols)
 
     @property
     def n_rows(self) -> int:
@@ -30,24 +66,44 @@ class QMatrix:
     def shape(self) -> tuple:
         return (self.n_rows, self.n_cols)
 
+    @property
+    def _int(self) -> bool:
+        return self.path == "int" and self.qtype not in _FLOAT_TYPES
+
+    def __repr__(self) -> str:
+        return f"QMatrix({self.qtype.name}, shape={self.shape}, path={self.path!r})"
+
     def dequantize(self) -> np.ndarray:  # (n_rows, n_cols) float32
         return dequantize(self.raw, self.qtype, self.n_cols)
 
     def get_rows(self, ids) -> np.ndarray:  # (len(ids), n_cols) float32, e.g. an embedding lookup
-        return dequantize(self.raw[np.asarray(ids)], self.qtype, self.n_cols)
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) and ids.size:
+            raise ValueError(f"row ids must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+        if ids.size and (ids.min() < -self.n_rows or ids.max() >= self.n_rows):
+            raise IndexError(f"row id out of range for {self.n_rows} rows")
+        return dequantize(self.raw[ids], self.qtype, self.n_cols)
 
     def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # x (n_cols,) float32 -> (n_rows,) float32
-        y = self.dequantize() @ x
-        if out is not None:
-            out[:] = y
-            return out
-        return y
+        x = _f32(x, 1, self.n_cols, "x")
+        if self._int:
+            return _deliver(kernels_int.matmul(self.raw, int(self.qtype), self._block, self._sub, x[None])[0], out)
+        direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
+        y = out if direct else np.empty(self.n_rows, np.float32)
+        xsum = kernels_float.sub_sums(x, self._sub)
+        kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
+        return y if direct else _deliver(y, out)
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # X (n_tokens, n_cols) float32 -> (n_tokens, n_rows) float32
-        Y = X @ self.dequantize().T
-        if out is not None:
-            out[:] = Y
-            return out
-        return Y
+        X = _f32(X, 2, self.n_cols, "X")
+        if self._int:
+            Y = kernels_int.matmul(self.raw, int(self.qtype), self._block, self._sub, X)
+            return _deliver(np.ascontiguousarray(Y), out)
+        if X.shape[0] == 1:
+            return _deliver(self.matvec(X[0])[None], out)
+        direct = out is not None and out.dtype == np.float32 and out.shape == (X.shape[0], self.n_rows)
+        Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)
+        kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
+        return Y if direct else _deliver(Y, out)

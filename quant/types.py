@@ -77,5 +77,6 @@ def row_bytes(t, n_cols: int) -> int:
     """Bytes of one row of n_cols elements; raises if n_cols is not a multiple of the block size."""
     info = type_info(t)
     if n_cols % info.block_size:
-        raise QuantTypeError(f"row of {n_cols} elements is not a multiple of the {info.name} block size {info.block_size}")
+        raise QuantTypeError(f"row of {n_cols} elements is not a multiple of the {info.name} "
+                             f"block size {info.block_size}")
     return n_cols // info.block_size * info.type_size

@@ -1,0 +1,176 @@
+"""QMatrix kernels (float and int paths) against the oracle gguf.quants.dequantize(W) @ x in float64.
+
+Error measure: per output, |y - ref| / (|W| @ |x|), the natural scale of the rounding error of a dot
+product (it does not blow up when the result cancels to ~0).
+- float path: float32 accumulation over <= 8960 terms -> bound 1e-5 (measured 4e-8).
+- int path: the kernel must equal W @ dequant(Q8(x)) to the same 1e-5 (the integer dots are exact);
+  versus the unquantized x the Q8 activation rounding (|x - Q8(x)| <= block max / 254) dominates:
+  bound 1e-2 (measured 2.4e-3; exact-kernel check measured 4e-8).
+"""
+
+import numpy as np
+import pytest
+from gguf import quants
+from gguf.constants import GGMLQuantizationType
+
+from quant import QMatrix, QuantTypeError
+from quant.activation import quantize_q8_0, quantize_q8_k
+from quant.types import GGMLType, type_info
+from runtime.gguf import GGUFFile
+
+WEIGHT_TYPES = [t for t in GGMLType if t != GGMLType.Q8_K]
+FLOAT_TOL = 1e-5
+Q8_TOL = 1e-2
+# byte offsets of the fp16 scale fields (d, m, dmin) in each block, given sane values in random blocks
+F16_FIELDS = {GGMLType.Q4_0: [0], GGMLType.Q4_1: [0, 2], GGMLType.Q5_0: [0], GGMLType.Q5_1: [0, 2],
+              GGMLType.Q8_0: [0], GGMLType.Q2_K: [80, 82], GGMLType.Q3_K: [108], GGMLType.Q4_K: [0, 2],
+              GGMLType.Q5_K: [0, 2], GGMLType.Q6_K: [208]}
+
+
+def random_raw(rng, qtype, n_rows, n_cols) -> np.ndarray:
+    """(n_rows, row_bytes) uint8: random quant bits with fp16 scales in [0.005, 0.015] (or random floats)."""
+    if qtype == GGMLType.F32:
+        return rng.standard_normal((n_rows, n_cols), np.float32).view(np.uint8)
+    if qtype == GGMLType.F16:
+        return rng.standard_normal((n_rows, n_cols)).astype(np.float16).view(np.uint8)
+    if qtype == GGMLType.BF16:
+        bits = rng.standard_normal((n_rows, n_cols), np.float32).view(np.uint32) >> 16
+        return bits.astype(np.uint16).view(np.uint8)
+    info = type_info(qtype)
+    nb = n_cols // info.block_size
+    raw = rng.integers(0, 256, (n_rows, nb, info.type_size), dtype=np.uint8)
+    for f in F16_FIELDS[qtype]:
+        scale = rng.uniform(0.005, 0.015, (n_rows, nb, 1)).astype(np.float16)
+        raw[:, :, f:f + 2] = scale.view(np.uint8)
+    return raw.reshape(n_rows, -1)
+
+
+def oracle(raw, qtype) -> np.ndarray:  # (n_rows, n_cols) float64
+    return quants.dequantize(raw, GGMLQuantizationType(int(qtype))).astype(np.float64)
+
+
+def rel_err(y, W, X) -> float:
+    """max |y - X W^T| / (|X| |W|^T); y (n_tok, n_rows), W (n_rows, n_cols), X (n_tok, n_cols)."""
+    X = X.astype(np.float64)
+    return float(np.max(np.abs(y - X @ W.T) / (np.abs(X) @ np.abs(W).T + 1e-30)))
+
+
+def dequant_q8(qtype, X) -> np.ndarray:  # the activation the int path actually multiplies, float64
+    q, d, size = (*quantize_q8_k(X), 256) if type_info(qtype).block_size == 256 else (*quantize_q8_0(X), 32)
+    return q.astype(np.float64) * np.repeat(d, size, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Per type: (raw, float64 oracle weights, activations (17, n_cols)); odd row count 37."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for t in WEIGHT_TYPES:
+        n_cols = 96 if t in (GGMLType.Q4_0, GGMLType.F16) else 512  # 96: not a multiple of 256
+        raw = random_raw(rng, t, 37, n_cols)
+        out[t] = raw, oracle(raw, t), rng.standard_normal((17, n_cols), np.float32)
+    return out
+
+
+@pytest.mark.parametrize("path", ["float", "int"])
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_matvec_matmul(cases, qtype, path):
+    raw, W, X = cases[qtype]
+    m = QMatrix(raw, qtype, W.shape[1], path=path)
+    exact = path == "float" or qtype in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+    for n_tok in (1, 3, 17):
+        Xt = X[:n_tok]
+        y = m.matmul(Xt)
+        assert y.shape == (n_tok, 37) and y.dtype == np.float32
+        if exact:
+            assert rel_err(y, W, Xt) < FLOAT_TOL
+        else:
+            assert rel_err(y, W, dequant_q8(qtype, Xt)) < FLOAT_TOL  # integer dots exact
+            assert rel_err(y, W, Xt) < Q8_TOL  # activation rounding only
+    y = m.matvec(X[5])
+    assert y.shape == (37,)
+    np.testing.assert_allclose(y, m.matmul(X[5:6])[0], rtol=1e-6, atol=1e-6)
+    out = np.full(37, np.nan, np.float32)
+    assert m.matvec(X[5], out=out) is out and np.array_equal(out, y)
+
+
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_dequantize_and_get_rows(cases, qtype):
+    raw, W, _ = cases[qtype]
+    m = QMatrix(raw, qtype, W.shape[1])
+    np.testing.assert_array_equal(m.dequantize(), W.astype(np.float32))
+    np.testing.assert_array_equal(m.get_rows([36, 0, 5, 5]), W[[36, 0, 5, 5]].astype(np.float32))
+
+
+def test_q8_0_activation_matches_gguf(rng):
+    x = (rng.standard_normal((3, 256)) * rng.uniform(0.01, 10, (3, 1))).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block
+    blocks = quants.quantize(x, GGMLQuantizationType.Q8_0).reshape(3, 8, 34)
+    q, d = quantize_q8_0(x)
+    np.testing.assert_array_equal(d, blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32))
+    np.testing.assert_array_equal(q.reshape(3, 8, 32), blocks[..., 2:].view(np.int8))
+
+
+def test_q8_k_activation(rng):
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    x[1, 256:] = 0
+    q, d = quantize_q8_k(x)
+    assert np.all(q == np.round(q)) and q.min() >= -128 and q.max() <= 127
+    err = np.abs(q * np.repeat(d, 256, axis=-1) - x)
+    assert np.all(err <= np.abs(np.repeat(d, 256, axis=-1)) * 0.5001 + 1e-12)
+    assert np.all(np.abs(q[0]).reshape(2, 256).max(axis=1) == 127) and np.all(q[1, 256:] == 0)
+
+
+def test_errors(cases):
+    raw, W, X = cases[GGMLType.Q4_K]
+    with pytest.raises(QuantTypeError):
+        QMatrix(raw[:, :-1], GGMLType.Q4_K, 512)
+    with pytest.raises(QuantTypeError):
+        QMatrix(raw, GGMLType.Q8_K, 512)
+    with pytest.raises(QuantTypeError):
+        QMatrix(raw, 99, 512)
+    with pytest.raises(ValueError, match="path"):
+        QMatrix(raw, GGMLType.Q4_K, 512, path="fast")
+    m = QMatrix(raw, GGMLType.Q4_K, 512)
+    with pytest.raises(ValueError, match="columns"):
+        m.matvec(X[0, :256])
+    with pytest.raises(ValueError, match="columns"):
+        m.matmul(X[0])
+    with pytest.raises(ValueError, match="out"):
+        m.matvec(X[0], out=np.empty(5, np.float32))
+    with pytest.raises(IndexError):
+        m.get_rows([37])
+
+
+def test_no_copy_of_memmap(model_path):
+    with GGUFFile(model_path("smollm2-135m-instruct")) as f:
+        t = f.tensors["blk.0.ffn_down.weight"]
+        m = QMatrix(t.raw, t.qtype, t.shape[1])
+        assert np.shares_memory(m.raw, t.raw)
+
+
+REAL_MODELS = ["smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
+
+
+def real_tensors(model_path):
+    """One 2-D tensor (first 203 rows) per weight type present in the real models."""
+    seen = {}
+    for name in REAL_MODELS:
+        with GGUFFile(model_path(name)) as f:
+            for t in f.tensors.values():
+                if len(t.shape) == 2 and t.qtype not in seen:
+                    seen[t.qtype] = (name, t.name, np.array(t.raw[:203]), t.shape[1])
+    return seen
+
+
+def test_real_model_tensors(model_path, rng):
+    found = real_tensors(model_path)
+    assert {GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K} <= set(found)
+    for qtype, (model, name, raw, n_cols) in found.items():
+        W = oracle(raw, qtype)
+        X = rng.standard_normal((3, n_cols), np.float32)
+        for path in ("float", "int"):
+            m = QMatrix(raw, qtype, n_cols, path=path)
+            tol = FLOAT_TOL if path == "float" else Q8_TOL
+            assert rel_err(m.matvec(X[0])[None], W, X[:1]) < tol, (model, name, path)
+            assert rel_err(m.matmul(X), W, X) < tol, (model, name, path)
