@@ -1,0 +1,18 @@
+"""Supported architectures: `ARCHITECTURES` maps a GGUF `general.architecture` to its module.
+
+Each module has `Config` (a DecoderConfig dataclass with `from_metadata(md)`), `LAYER_TENSORS`
+(per-layer tensors it needs beyond the common ones) and the Hugging Face <-> GGUF mapping."""
+
+from ..errors import UnsupportedError
+from . import gemma3, llama, qwen2
+
+ARCHITECTURES = {"llama": llama, "qwen2": qwen2, "gemma3": gemma3}
+
+
+def get(arch: str):
+    """The module of architecture `arch`; UnsupportedError names it and lists the supported ones."""
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise UnsupportedError(f"architecture {arch!r} is not supported (supported: "
+                               f"{', '.join(sorted(ARCHITECTURES))})") from None

@@ -1,0 +1,40 @@
+"""llama (and Mistral-style sliding window): RMSNorm, SwiGLU, normal RoPE (adjacent pairs).
+
+The GGUF converter permutes Q/K rows from Hugging Face's rotate-half order into adjacent pairs, so
+llama applies normal RoPE where qwen2 and gemma3 (unpermuted) apply neox RoPE."""
+
+from dataclasses import dataclass
+
+from .base import DecoderConfig
+
+LAYER_TENSORS = ()  # beyond the common attn_norm, attn_{q,k,v,output}, ffn_norm, ffn_{gate,up,down}
+
+
+@dataclass(frozen=True)
+class Config(DecoderConfig):
+    @classmethod
+    def from_metadata(cls, md: dict) -> "Config":
+        return cls.read(md, "llama")
+
+
+# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+def hf_metadata(cfg: dict) -> dict:
+    from ..hf_layout import decoder_metadata, dims, rope_params
+    md = decoder_metadata(cfg, dims(cfg), rope_params(cfg))
+    if cfg.get("sliding_window"):  # Mistral
+        md["attention.sliding_window"] = int(cfg["sliding_window"])
+    return md
+
+
+def hf_tensors(cfg: dict) -> dict:
+    """Q/K rows permuted from rotate-half to adjacent pairs (normal RoPE, see the module docstring)."""
+    from ..errors import UnsupportedError
+    from ..hf_layout import decoder_tensors, dims, llama_layer, permute_rope
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise UnsupportedError("llama checkpoints with attention_bias or mlp_bias are not supported")
+    d = dims(cfg)
+    return decoder_tensors(d, llama_layer(d), {"attn_q.weight": permute_rope(d.n_head),
+                                               "attn_k.weight": permute_rope(d.n_head_kv)})

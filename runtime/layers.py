@@ -1,0 +1,282 @@
+"""Shared transformer blocks: norms, RoPE, attention over a KV cache, MLPs, and a generic decoder layer.
+
+Activations are float32 arrays of shape (n_tokens, features). Weight matrices are quant.QMatrix
+(kernels over the raw GGML blocks); norm weights and biases are float32 vectors (views of the map).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from quant import QMatrix
+
+from .archs.base import RopeScaling
+
+# ---- norms -------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _rms_norm_rows(x, w, eps, out):
+    # x (m, d) float32 -> out (m, d) = x / sqrt(mean(x^2) + eps) * w; out may be x
+    m, d = x.shape
+    for r in range(m):
+        ss = 0.0
+        for i in range(d):  # hot loop
+            ss += x[r, i] * x[r, i]
+        inv = np.float32(1.0 / np.sqrt(ss / d + eps))
+        for i in range(d):
+            out[r, i] = x[r, i] * inv * w[i]
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    # x (..., d) contiguous -> out (..., d)
+    d = x.shape[-1]
+    _rms_norm_rows(x.reshape(-1, d), w, eps, out.reshape(-1, d))
+    return out
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float, out: np.ndarray) -> np.ndarray:
+    # x (..., d) -> out (..., d) = (x - mean) / sqrt(var + eps) * w + b
+    np.subtract(x, x.mean(axis=-1, keepdims=True), out=out)
+    rms_norm(out, w, eps, out)
+    if b is not None:
+        out += b
+    return out
+
+
+@dataclass
+class Norm:
+    """RMSNorm (bias None, rms=True) or LayerNorm over the last axis."""
+    weight: np.ndarray  # (d,) float32
+    bias: np.ndarray | None
+    eps: float
+    rms: bool = True
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.rms:
+            out = rms_norm(x, self.weight, self.eps, out)
+            if self.bias is not None:
+                out += self.bias
+            return out
+        return layer_norm(x, self.weight, self.bias, self.eps, out)
+
+
+# ---- rotary position embedding -----------------------------------------------------------------
+
+def rope_frequencies(n_rot: int, base: float, scaling: RopeScaling | None = None,
+                     freq_factors: np.ndarray | None = None) -> tuple:
+    """Per-pair angular frequencies (n_rot/2,) float64 and the cos/sin magnitude, as llama.cpp's rope.
+
+    freq_factors (llama3's `rope_freqs` tensor) divide the frequencies; 'linear' scaling divides them
+    by factor; 'yarn' blends interpolated and original frequencies over a ramp of dimensions."""
+    i = np.arange(n_rot // 2, dtype=np.float64)
+    freqs = base ** (-2.0 * i / n_rot)  # (n_rot/2,)
+    if freq_factors is not None:
+        freqs = freqs / freq_factors
+    if scaling is None:
+        return freqs, 1.0
+    interp = freqs / scaling.factor
+    if scaling.kind == "linear":
+        return interp, 1.0
+    # yarn: dimensions rotating faster than beta_fast turns over the original context keep their
+    # frequency, slower than beta_slow are interpolated, a linear ramp in between
+    def corr_dim(n_turns):
+        return n_rot * math.log(scaling.original_context / (n_turns * 2 * math.pi)) / (2 * math.log(base))
+    low = max(0.0, math.floor(corr_dim(scaling.beta_fast)))
+    high = min(n_rot - 1.0, math.ceil(corr_dim(scaling.beta_slow)))
+    ramp = 1.0 - np.clip((i - low) / max(0.001, high - low), 0.0, 1.0)  # 1: keep original frequency
+    mscale = scaling.attn_factor * (1.0 + 0.1 * math.log(scaling.factor))
+    return interp * (1.0 - ramp) + freqs * ramp, mscale
+
+
+class RoPE:
+    """Rotary embedding of the first n_rot dims of each head, tables precomputed for n_ctx positions."""
+
+    def __init__(self, n_rot: int, n_ctx: int, base: float, neox: bool, scaling: RopeScaling | None = None,
+                 freq_factors: np.ndarray | None = None):
+        freqs, mscale = rope_frequencies(n_rot, base, scaling, freq_factors)
+        angles = np.outer(np.arange(n_ctx, dtype=np.float64), freqs)  # (n_ctx, n_rot/2)
+        self.cos = (np.cos(angles) * mscale).astype(np.float32)
+        self.sin = (np.sin(angles) * mscale).astype(np.float32)
+        self.n_rot, self.neox = n_rot, neox
+
+    def __call__(self, x: np.ndarray, pos: int) -> None:
+        # x (n_tokens, n_heads, head_dim), rotated in place for positions pos..pos+n_tokens-1
+        _rope(x, self.cos, self.sin, pos, self.n_rot, self.neox)
+
+
+@njit(cache=True, nogil=True)
+def _rope(x, cos, sin, pos, n_rot, neox):
+    # x (n, n_heads, head_dim) float32 in place; cos, sin (n_ctx, n_rot/2)
+    half = n_rot // 2
+    stride, step = (1, half) if neox else (2, 1)  # pair i is (stride*i, stride*i + step)
+    for t in range(x.shape[0]):
+        c, s = cos[pos + t], sin[pos + t]
+        for h in range(x.shape[1]):
+            for i in range(half):  # hot loop
+                i0 = stride * i
+                a, b = x[t, h, i0], x[t, h, i0 + step]
+                x[t, h, i0] = a * c[i] - b * s[i]
+                x[t, h, i0 + step] = a * s[i] + b * c[i]
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, scale: float, window: int,
+              out: np.ndarray) -> np.ndarray:
+    """Causal (optionally sliding-window) grouped-query attention of n new queries over the cache.
+
+    q (n, n_head, head_dim) for positions pos..pos+n-1; k_cache, v_cache (n_head_kv, n_ctx, head_dim)
+    hold keys/values of positions 0..pos+n-1; out (n, n_head * head_dim). Query head h reads kv head
+    h // (n_head / n_head_kv). window > 0: a query at p sees keys at p-window+1..p."""
+    n, n_head, hd = q.shape
+    n_kv = k_cache.shape[0]
+    rep = n_head // n_kv
+    end = pos + n
+    start = max(0, pos - window + 1) if window else 0
+    keys = k_cache[:, start:end]  # (n_kv, T, hd)
+    vals = v_cache[:, start:end]
+    qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
+    s = np.matmul(qg, keys.transpose(0, 2, 1))  # (n_kv, n * rep, T)
+    s *= scale
+    if n > 1:
+        qpos = np.arange(pos, end)[:, None]  # (n, 1)
+        kpos = np.arange(start, end)[None, :]  # (1, T)
+        hidden = kpos > qpos
+        if window:
+            hidden |= kpos <= qpos - window
+        s.reshape(n_kv, n, rep, -1)[:] += np.where(hidden, np.float32(-np.inf), np.float32(0))[:, None, :]
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    o = np.matmul(s, vals)  # (n_kv, n * rep, hd)
+    out.reshape(n, n_kv, rep, hd)[:] = o.reshape(n_kv, n, rep, hd).transpose(1, 0, 2, 3)
+    return out
+
+
+class KVCache:
+    """Keys and values of every layer for n_ctx positions, float32 (n_layer, n_head_kv, n_ctx, head_dim)."""
+
+    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int):
+        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
+        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+# ---- feed-forward ------------------------------------------------------------------------------
+
+def silu(x: np.ndarray) -> np.ndarray:  # in place: x * sigmoid(x)
+    x /= 1.0 + np.exp(-x)
+    return x
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:  # in place: tanh approximation of GELU
+    t = x * x
+    t *= 0.044715 * _GELU_C
+    t += _GELU_C
+    t *= x
+    np.tanh(t, out=t)
+    t += 1.0
+    x *= 0.5
+    x *= t
+    return x
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    # x (n, n_in) -> out (n, n_out) = x @ w.T + bias; one token takes the matrix-vector kernel
+    if x.shape[0] == 1:
+        w.matvec(x[0], out=out[0])
+    else:
+        w.matmul(x, out=out)
+    if bias is not None:
+        out += bias
+    return out
+
+
+# ---- the decoder layer -------------------------------------------------------------------------
+
+class Buffers:
+    """Preallocated activations for a batch of n tokens."""
+
+    def __init__(self, n: int, n_embd: int, n_q: int, n_kv: int, n_ff: int):
+        f = np.float32
+        self.n = n
+        self.x, self.h, self.o = (np.empty((n, n_embd), f) for _ in range(3))  # (n, n_embd)
+        self.q, self.att = np.empty((n, n_q), f), np.empty((n, n_q), f)  # (n, n_head * head_dim)
+        self.k, self.v = np.empty((n, n_kv), f), np.empty((n, n_kv), f)  # (n, n_head_kv * head_dim)
+        self.gate, self.up = np.empty((n, n_ff), f), np.empty((n, n_ff), f)  # (n, n_ff)
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer; None marks an absent tensor (no bias, no extra norm)."""
+    attn_norm: Norm
+    wq: QMatrix
+    wk: QMatrix
+    wv: QMatrix
+    wo: QMatrix
+    ffn_norm: Norm
+    w_up: QMatrix
+    w_down: QMatrix
+    w_gate: QMatrix | None = None  # None: plain MLP act(up(x))
+    b_up: np.ndarray | None = None
+    b_down: np.ndarray | None = None
+    bq: np.ndarray | None = None
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
+    bo: np.ndarray | None = None
+    q_norm: Norm | None = None  # per head, before RoPE
+    k_norm: Norm | None = None
+    post_attn_norm: Norm | None = None  # on the attention output, before the residual add
+    post_ffn_norm: Norm | None = None
+
+
+class DecoderLayer:
+    """Pre-norm block: x += [post_norm](attn(norm(x))); x += [post_norm](mlp(norm(x)))."""
+
+    def __init__(self, w: LayerWeights, n_head: int, n_head_kv: int, head_dim: int, rope: RoPE, scale: float,
+                 window: int, activation: str):
+        self.w, self.rope, self.scale, self.window = w, rope, scale, window
+        self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv, head_dim
+        self.act = ACTIVATIONS[activation]
+
+    def __call__(self, b: Buffers, pos: int, k_cache: np.ndarray, v_cache: np.ndarray) -> None:
+        # b.x (n, n_embd) updated in place; k_cache, v_cache (n_head_kv, n_ctx, head_dim) of this layer
+        w, n, hd = self.w, b.n, self.head_dim
+        h = w.attn_norm(b.x, b.h)
+        q = linear(w.wq, h, b.q, w.bq).reshape(n, self.n_head, hd)
+        k = linear(w.wk, h, b.k, w.bk).reshape(n, self.n_head_kv, hd)
+        v = linear(w.wv, h, b.v, w.bv).reshape(n, self.n_head_kv, hd)
+        if w.q_norm is not None:
+            w.q_norm(q, q)
+            w.k_norm(k, k)
+        self.rope(q, pos)
+        self.rope(k, pos)
+        k_cache[:, pos:pos + n] = k.transpose(1, 0, 2)
+        v_cache[:, pos:pos + n] = v.transpose(1, 0, 2)
+        attention(q, k_cache, v_cache, pos, self.scale, self.window, b.att)
+        self._residual(linear(w.wo, b.att, b.o, w.bo), w.post_attn_norm, b.x)
+
+        h = w.ffn_norm(b.x, b.h)
+        u = linear(w.w_up, h, b.up, w.b_up)
+        if w.w_gate is None:
+            self.act(u)
+        else:
+            u *= self.act(linear(w.w_gate, h, b.gate))
+        self._residual(linear(w.w_down, u, b.o, w.b_down), w.post_ffn_norm, b.x)
+
+    @staticmethod
+    def _residual(y: np.ndarray, post_norm: Norm | None, x: np.ndarray) -> None:
+        if post_norm is not None:
+            post_norm(y, y)
+        x += y

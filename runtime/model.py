@@ -1,0 +1,165 @@
+"""Loading a GGUF model (weights stay memory-mapped) and its forward pass over a preallocated KV cache."""
+
+import os
+
+import numpy as np
+
+from quant import TYPES, GGMLType, QMatrix, dequantize
+
+from . import archs
+from .errors import ContextOverflowError, GGUFError, LlambaError, UnsupportedError
+from .gguf import GGUFFile
+from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, Norm, RoPE, linear
+
+DEFAULT_MAX_CTX = 4096
+UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
+MATRIX_TYPES = frozenset(TYPES) - {GGMLType.Q8_K}  # Q8_K only quantizes activations
+
+
+class _Weights:
+    """Checked access to the file's tensors: matrices as QMatrix, vectors as float32, never copied."""
+
+    def __init__(self, gguf: GGUFFile):
+        self.tensors, self.path = gguf.tensors, gguf.path
+
+    def _get(self, name: str, shape: tuple, required: bool):
+        # shape entries of None match any size
+        t = self.tensors.get(name)
+        if t is None:
+            if required:
+                raise GGUFError(f"{self.path}: tensor {name!r} is missing")
+            return None
+        if len(t.shape) != len(shape) or any(e is not None and e != s for s, e in zip(t.shape, shape, strict=True)):
+            raise GGUFError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
+        return t
+
+    def matrix(self, name: str, n_rows: int | None, n_cols: int, required: bool = True) -> QMatrix | None:
+        t = self._get(name, (n_rows, n_cols), required)
+        if t is None:
+            return None
+        if t.qtype not in MATRIX_TYPES:
+            raise UnsupportedError(f"tensor {name!r} has type {t.qtype.name}, which llamba cannot multiply "
+                                   f"(supported: {', '.join(sorted(x.name for x in MATRIX_TYPES))})")
+        return QMatrix(t.raw, t.qtype, n_cols)
+
+    def vector(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
+        t = self._get(name, (n,), required)
+        if t is None:
+            return None
+        if t.qtype == GGMLType.F32:
+            return t.array()  # (n,) view of the map
+        if t.qtype not in MATRIX_TYPES:
+            raise UnsupportedError(f"tensor {name!r} has unsupported type {t.qtype.name}")
+        return dequantize(t.raw[None], t.qtype, n)[0]  # small vector: a copy is fine
+
+    def norm(self, name: str, n: int, eps: float, required: bool = True) -> Norm | None:
+        w = self.vector(name + ".weight", n, required)
+        return None if w is None else Norm(w, self.vector(name + ".bias", n, False), eps)
+
+
+def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
+    p, d, hd, eps = f"blk.{il}.", c.n_embd, c.head_dim, c.norm_eps
+    nq, nkv = c.n_head * hd, c.n_head_kv * hd
+    for name in required:
+        if p + name not in w.tensors:
+            raise GGUFError(f"{w.path}: tensor {p + name!r} is missing ({c.arch} needs it)")
+    return LayerWeights(
+        attn_norm=w.norm(p + "attn_norm", d, eps),
+        wq=w.matrix(p + "attn_q.weight", nq, d), wk=w.matrix(p + "attn_k.weight", nkv, d),
+        wv=w.matrix(p + "attn_v.weight", nkv, d), wo=w.matrix(p + "attn_output.weight", d, nq),
+        bq=w.vector(p + "attn_q.bias", nq, False), bk=w.vector(p + "attn_k.bias", nkv, False),
+        bv=w.vector(p + "attn_v.bias", nkv, False), bo=w.vector(p + "attn_output.bias", d, False),
+        q_norm=w.norm(p + "attn_q_norm", hd, eps, False), k_norm=w.norm(p + "attn_k_norm", hd, eps, False),
+        post_attn_norm=w.norm(p + "post_attention_norm", d, eps, False),
+        ffn_norm=w.norm(p + "ffn_norm", d, eps),
+        w_gate=w.matrix(p + "ffn_gate.weight", c.n_ff, d, False), w_up=w.matrix(p + "ffn_up.weight", c.n_ff, d),
+        w_down=w.matrix(p + "ffn_down.weight", d, c.n_ff),
+        b_up=w.vector(p + "ffn_up.bias", c.n_ff, False), b_down=w.vector(p + "ffn_down.bias", d, False),
+        post_ffn_norm=w.norm(p + "post_ffw_norm", d, eps, False),
+    )
+
+
+class Model:
+    """A loaded model: `forward(tokens, pos)` runs tokens at positions pos.. and fills the KV cache."""
+
+    def __init__(self, gguf: GGUFFile, config, n_ctx: int):
+        self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
+        c, w = config, _Weights(gguf)
+        self.tok_embd = w.matrix("token_embd.weight", None, c.n_embd)  # (n_vocab, n_embd)
+        self.n_vocab = self.tok_embd.n_rows
+        self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
+        self.output = w.matrix("output.weight", self.n_vocab, c.n_embd, False) or self.tok_embd  # tied
+        freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
+
+        ropes = {}  # (base, scaling) -> RoPE, tables shared by the layers that use them
+        required = archs.get(c.arch).LAYER_TENSORS
+        self.layers = []
+        for il in range(c.n_layer):
+            key = c.layer_rope(il)
+            if key not in ropes:
+                ropes[key] = RoPE(c.n_rot, n_ctx, key[0], c.rope_neox, key[1], freq_factors)
+            self.layers.append(DecoderLayer(_layer_weights(w, c, il, required), c.n_head, c.n_head_kv, c.head_dim,
+                                            ropes[key], c.scale, c.layer_window(il), c.activation))
+        self.cache = KVCache(c.n_layer, c.n_head_kv, n_ctx, c.head_dim)
+        self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
+
+    def _buffers_for(self, n: int) -> Buffers:
+        b = self._buffers.get(n)
+        if b is None:
+            c = self.config
+            self._buffers = {k: v for k, v in self._buffers.items() if k == 1}
+            b = self._buffers[n] = Buffers(n, c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_ff)
+        return b
+
+    def _check(self, tokens, pos) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
+            raise LlambaError(f"tokens must be a non-empty 1-D integer array, got {tokens.dtype} {tokens.shape}")
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise LlambaError(f"token ids must lie in 0..{self.n_vocab - 1}, got {tokens.min()}..{tokens.max()}")
+        if not isinstance(pos, (int, np.integer)) or pos < 0:
+            raise LlambaError(f"pos must be a non-negative integer, got {pos!r}")
+        if pos + tokens.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"{tokens.size} tokens at position {pos} need {pos + tokens.size} positions but the context holds "
+                f"{self.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
+        return tokens
+
+    def forward(self, tokens, pos: int, all_logits: bool = False) -> np.ndarray:
+        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits."""
+        tokens = self._check(tokens, pos)
+        n = tokens.size
+        logits = np.empty((n if all_logits else 1, self.n_vocab), np.float32)
+        for i in range(0, n, UBATCH):
+            chunk = tokens[i:i + UBATCH]
+            b = self._buffers_for(chunk.size)
+            b.x[:] = self.tok_embd.get_rows(chunk)  # (m, n_embd)
+            if self.config.embd_scale != 1.0:
+                b.x *= np.float32(self.config.embd_scale)
+            for il, layer in enumerate(self.layers):
+                layer(b, pos + i, self.cache.k[il], self.cache.v[il])
+            if all_logits:
+                self._head(b.x, b.h, logits[i:i + chunk.size])
+        if not all_logits:
+            self._head(b.x[-1:], b.h[:1], logits)
+        return logits if all_logits else logits[0]
+
+    def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
+        # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
+        linear(self.output, self.output_norm(x, tmp), out)
+        cap = self.config.final_logit_softcap
+        if cap:
+            out /= cap
+            np.tanh(out, out=out)
+            out *= cap
+
+
+def load_model(src, n_ctx: int | None = None) -> Model:
+    """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096)."""
+    gguf = src if isinstance(src, GGUFFile) else GGUFFile(os.fspath(src))
+    config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
+    if n_ctx is None:
+        n_ctx = min(config.context_length, DEFAULT_MAX_CTX)
+    if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
+        raise LlambaError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    return Model(gguf, config, int(n_ctx))

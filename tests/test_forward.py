@@ -1,0 +1,212 @@
+"""The forward pass against Hugging Face transformers loading the SAME GGUF file (dequantized to float32).
+
+Token ids come from transformers' tokenizer of that GGUF, so these tests do not depend on ours. Each
+transformers model is loaded once (module-scoped fixture), its reference outputs computed, and freed.
+"""
+
+import functools
+import gc
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+import runtime.model
+from runtime.archs.base import RopeScaling
+from runtime.errors import ContextOverflowError, UnsupportedError
+from runtime.gguf import GGUFFile
+from runtime.layers import attention, layer_norm, rope_frequencies
+from runtime.model import load_model
+
+TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+        "movable metal type, oil-based ink and a wooden screw press. Within fifty years presses were working in "
+        "more than two hundred European cities, the price of books fell sharply, and pamphlets carried news, "
+        "sermons and arguments faster than any scribe could copy them. Historians still debate how much")
+PROMPTS = ["Once upon a time", "def fibonacci(n):", "The capital of France is"]
+MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
+GEMMA_TEST_WINDOW = 16  # shrunk so that a short text crosses gemma3's sliding window
+
+
+@dataclass
+class Case:
+    model: runtime.model.Model
+    ids: np.ndarray  # (n,) teacher-forced text
+    logits: np.ndarray  # (n, n_vocab) transformers' logits
+    greedy: list  # [(prompt ids, 16 greedy ids)] from transformers' generate
+    swa_logits: np.ndarray | None  # gemma3 only: logits with GEMMA_TEST_WINDOW
+
+
+def _hf_gemma_window(hf, window: int):
+    hf.config.sliding_window = window
+    for layer in hf.model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = window
+
+
+def _load_transformers(path):
+    """transformers parses the GGUF three times (config, weights, tokenizer) and rebuilds gguf's tensor name
+    map for every module: memoize both (pure functions, no effect on the numbers) to cut minutes of loading."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, "GGUFReader", functools.cache(gguf.GGUFReader))
+        mp.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        return hf, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def case(request, model_path):
+    path = model_path(request.param)
+    hf, tok = _load_transformers(path)
+    ids = tok(TEXT, return_tensors="pt").input_ids  # (1, n)
+    assert ids.shape[1] >= 64
+    with torch.no_grad():
+        logits = hf(ids).logits[0].numpy()
+        greedy = []
+        for prompt in PROMPTS:
+            p = tok(prompt, return_tensors="pt").input_ids
+            out = hf.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=16, min_new_tokens=16,
+                              do_sample=False)
+            greedy.append((p[0].numpy(), out[0, p.shape[1]:].tolist()))
+        swa_logits = None
+        if hf.config.model_type == "gemma3_text":
+            _hf_gemma_window(hf, GEMMA_TEST_WINDOW)
+            swa_logits = hf(ids).logits[0].numpy()
+    del hf
+    gc.collect()
+    yield Case(load_model(path, n_ctx=256), ids[0].numpy(), logits, greedy, swa_logits)
+
+
+def _assert_logits_close(ours: np.ndarray, ref: np.ndarray, min_agree=0.98, min_corr=0.99):
+    agree = np.mean(ours.argmax(-1) == ref.argmax(-1))
+    corr = min(np.corrcoef(a, b)[0, 1] for a, b in zip(ours, ref, strict=True))
+    assert agree >= min_agree and corr >= min_corr, f"argmax agreement {agree:.3f}, min Pearson {corr:.5f}"
+
+
+def test_logits_match_transformers(case):
+    # measured: argmax agreement 1.0 and min Pearson r > 0.99999 on all three models
+    ours = case.model.forward(case.ids, 0, all_logits=True)  # (n, n_vocab)
+    assert ours.shape == case.logits.shape and ours.dtype == np.float32
+    _assert_logits_close(ours, case.logits)
+    last = case.model.forward(case.ids, 0)
+    np.testing.assert_allclose(last, ours[-1], rtol=0, atol=1e-4 * np.abs(ours[-1]).max())
+    if case.swa_logits is not None:
+        _check_gemma3_sliding_window(case)
+
+
+def _check_gemma3_sliding_window(case):
+    """Local layers see only the last `sliding_window` positions, global layers (il % 6 == 5) all:
+    prompt batch then decoding, with the window shrunk on both sides so that the text crosses it."""
+    gguf = GGUFFile(case.model.gguf.path)
+    gguf.metadata["gemma3.attention.sliding_window"] = GEMMA_TEST_WINDOW
+    model = load_model(gguf, n_ctx=256)
+    n_prompt = 40
+    ours = [model.forward(case.ids[:n_prompt], 0, all_logits=True)]
+    ours += [model.forward(case.ids[i:i + 1], i)[None] for i in range(n_prompt, len(case.ids))]
+    _assert_logits_close(np.concatenate(ours), case.swa_logits)
+    assert np.abs(case.swa_logits - case.logits).max() > 1.0  # the window matters
+
+
+def test_kv_cache_decoding_matches_full_pass(case, monkeypatch):
+    monkeypatch.setattr(runtime.model, "UBATCH", 7)  # the full pass runs as several chunks too
+    n, n_prompt = 30, 11
+    full = case.model.forward(case.ids[:n], 0, all_logits=True)  # (n, n_vocab)
+    steps = [case.model.forward(case.ids[:n_prompt], 0)]
+    steps += [case.model.forward(case.ids[i:i + 1], i) for i in range(n_prompt, n)]
+    stepwise = np.stack(steps)  # logits of tokens n_prompt-1 .. n-1
+    np.testing.assert_allclose(stepwise, full[n_prompt - 1:], rtol=0, atol=2e-3 * np.abs(full).max())
+
+
+def test_greedy_generation_matches_transformers(case):
+    for prompt, expected in case.greedy:
+        ids, logits = list(prompt), case.model.forward(prompt, 0)
+        for _ in range(16):
+            ids.append(int(logits.argmax()))
+            logits = case.model.forward(ids[-1:], len(ids) - 1)
+        assert ids[len(prompt):] == expected
+
+
+def test_context_overflow(model_path):
+    model = load_model(model_path("smollm2-135m-instruct"), n_ctx=8)
+    assert model.n_ctx == 8
+    model.forward(np.arange(8), 0)
+    with pytest.raises(ContextOverflowError, match="context holds 8"):
+        model.forward([1], 8)
+    with pytest.raises(ContextOverflowError):
+        model.forward(np.arange(9), 0)
+
+
+def test_default_context_and_attributes(model_path):
+    model = load_model(model_path("smollm2-135m-instruct"))
+    assert (model.arch, model.n_ctx, model.n_vocab) == ("llama", 4096, 49152)
+    assert (model.config.n_layer, model.config.n_head, model.config.n_head_kv) == (30, 9, 3)
+
+
+def _write_gguf(path, arch: str, tensors: dict):
+    w = GGUFWriter(str(path), arch)
+    for key, value in {"context_length": 64, "embedding_length": 256, "block_count": 1, "feed_forward_length": 256,
+                       "attention.head_count": 2}.items():
+        w.add_uint32(f"{arch}.{key}", value)
+    for name, (array, qtype) in tensors.items():
+        w.add_tensor(name, array, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_unsupported_architecture(tmp_path):
+    path = tmp_path / "m.gguf"
+    _write_gguf(path, "mamba", {"token_embd.weight": (np.zeros((4, 256), np.float32), None)})
+    with pytest.raises(UnsupportedError, match=r"'mamba'.*gemma3, llama, qwen2"):
+        load_model(path)
+
+
+def test_unsupported_tensor_type(tmp_path):
+    path = tmp_path / "m.gguf"
+    q8_k = np.zeros((4, 292), np.uint8)  # 4 rows of one Q8_K block (an activation-only type)
+    _write_gguf(path, "llama", {"token_embd.weight": (q8_k, GGMLQuantizationType.Q8_K)})
+    with pytest.raises(UnsupportedError, match="token_embd.weight.*Q8_K"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("linear", {"rope_type": "linear", "factor": 4.0}),
+    ("yarn", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048}),
+])
+def test_rope_scaling_matches_transformers(kind, params):
+    base, head_dim = 500000.0, 128
+    config = LlamaConfig(hidden_size=1024, num_attention_heads=8, max_position_embeddings=16384,
+                         rope_parameters={"rope_theta": base, **params})
+    inv_freq, attn_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    scaling = RopeScaling(kind, params["factor"], params.get("original_max_position_embeddings", 0))
+    freqs, mscale = rope_frequencies(head_dim, base, scaling)
+    np.testing.assert_allclose(freqs, inv_freq.double().numpy(), rtol=1e-6)
+    assert mscale == pytest.approx(attn_factor)
+
+
+def test_layer_norm_matches_torch(rng):
+    x = rng.standard_normal((5, 3, 48)).astype(np.float32)
+    w, b = rng.standard_normal(48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+    ref = torch.nn.functional.layer_norm(torch.from_numpy(x), (48,), torch.from_numpy(w), torch.from_numpy(b), 1e-5)
+    np.testing.assert_allclose(layer_norm(x, w, b, 1e-5, np.empty_like(x)), ref.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_attention_matches_torch(rng, window):
+    """GQA (6 query heads over 2 kv heads), 5 queries at positions 4..8, causal and sliding-window masks."""
+    n, pos, n_head, n_kv, hd = 5, 4, 6, 2, 8
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    k, v = (rng.standard_normal((n_kv, 16, hd)).astype(np.float32) for _ in range(2))
+    ours = attention(q, k, v, pos, 0.3, window, np.empty((n, n_head * hd), np.float32))
+    qpos, kpos = torch.arange(pos, pos + n)[:, None], torch.arange(pos + n)[None, :]
+    visible = (kpos <= qpos) & ((qpos - kpos < window) if window else True)  # (n, pos + n)
+    rep = n_head // n_kv
+    kt, vt = (torch.from_numpy(a[:, :pos + n]).repeat_interleave(rep, 0) for a in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kt, vt,
+                                                           attn_mask=visible, scale=0.3)  # (n_head, n, hd)
+    np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
