@@ -1,0 +1,82 @@
+"""Chat templates: render a model's Jinja2 `tokenizer.chat_template` the way Hugging Face transformers does.
+
+Templates come from model files, i.e. untrusted input: they run in Jinja2's immutable sandbox, with
+the same environment transformers sets up (trim_blocks, lstrip_blocks, loop controls, a `tojson`
+that does not HTML-escape, `raise_exception`, `strftime_now`). A model without a template gets ChatML.
+"""
+
+import json
+from datetime import datetime
+from functools import lru_cache
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import LlambaError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ChatTemplateError(LlambaError):
+    """A chat template failed to compile or render, or the messages are malformed."""
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"chat template does not compile: {e}") from None
+
+
+def check_messages(messages) -> list[dict]:
+    """Messages as a list of {'role': str, 'content': str, ...} dicts, or ChatTemplateError."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ChatTemplateError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ChatTemplateError(f"message {i} must be a dict with string 'role' and 'content', got {m!r}")
+    return [dict(m) for m in messages]
+
+
+def template_variables(metadata: dict) -> dict:
+    """bos_token/eos_token as templates see them: the vocabulary entries named by the GGUF metadata."""
+    names = metadata.get("tokenizer.ggml.tokens") or []
+    out = {}
+    for var, key in (("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")):
+        token = metadata.get(key)
+        out[var] = names[token] if isinstance(token, int) and 0 <= token < len(names) else ""
+    return out
+
+
+def render(messages, template: str | None = None, bos_token: str = "", eos_token: str = "",
+           add_generation_prompt: bool = True, **variables) -> str:
+    """The prompt text for `messages` under `template` (ChatML when None); extra variables reach the template."""
+    template_obj = _compile(template or CHATML_TEMPLATE)
+    try:
+        return template_obj.render(messages=check_messages(messages), bos_token=bos_token, eos_token=eos_token,
+                                   add_generation_prompt=add_generation_prompt, **variables)
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"chat template failed: {e}") from None

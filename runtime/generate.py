@@ -1,0 +1,202 @@
+"""The decode loop: prompt as one batch, then one token at a time until a stop condition.
+
+Stop conditions: an end-of-generation token (never emitted), max_tokens, a stop string (never emitted;
+a partial match is held back while streaming), a full context, or a cancellation handle set by
+another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
+characters split across tokens are never broken.
+"""
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ContextOverflowError, LlambaError
+from .sampling import Sampler
+from .tokenizer import StreamDecoder
+
+
+@dataclass
+class GenerationStats:
+    """Filled in by `generate` as it runs; complete once the generator is exhausted or closed."""
+
+    n_prompt: int = 0  # prompt tokens
+    n_reused: int = 0  # prompt tokens whose K/V were already in the cache (not recomputed)
+    n_generated: int = 0
+    prompt_seconds: float = 0.0
+    generate_seconds: float = 0.0  # sampling + decode forwards, not the consumer's time
+    stop_reason: str = ""  # "eog", "stop", "length", "context", "cancelled" or "closed"
+    tokens: list = field(default_factory=list)  # generated ids (an end-of-generation token excluded)
+
+    @property
+    def prompt_tps(self) -> float:
+        return (self.n_prompt - self.n_reused) / self.prompt_seconds if self.prompt_seconds else 0.0
+
+    @property
+    def generate_tps(self) -> float:
+        return self.n_generated / self.generate_seconds if self.generate_seconds else 0.0
+
+
+class Context:
+    """A model and the token ids whose K/V its cache holds, so a new prompt reuses the common prefix."""
+
+    def __init__(self, model):
+        self.model = model
+        self.tokens: list[int] = []  # ids at positions 0..len-1 of the KV cache
+
+    def check_fits(self, n: int):
+        if n > self.model.n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {n} tokens but the context holds {self.model.n_ctx} "
+                f"(n_prompt={n}, n_ctx={self.model.n_ctx}); shorten the prompt or raise the context size")
+
+    def eval(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Logits (n_vocab,) after the last of `ids`, and how many leading ids were reused from the cache."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise LlambaError("the prompt is empty (no tokens to start from)")
+        self.check_fits(len(ids))
+        reuse = 0
+        for a, b in zip(self.tokens, ids[:-1], strict=False):  # at least the last id is recomputed, for its logits
+            if a != b:
+                break
+            reuse += 1
+        self.tokens = self.tokens[:reuse]
+        logits = self.model.forward(np.asarray(ids[reuse:], dtype=np.int32), reuse)  # (n_vocab,)
+        self.tokens = ids
+        return logits, reuse
+
+    def eval_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (n, n_vocab) of every position of `ids`, computed from position 0."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise LlambaError("no tokens to evaluate")
+        self.check_fits(len(ids))
+        self.tokens = []
+        logits = self.model.forward(np.asarray(ids, dtype=np.int32), 0, all_logits=True)  # (n, n_vocab)
+        self.tokens = ids
+        return logits
+
+    def append(self, token: int) -> np.ndarray:
+        """Logits (n_vocab,) after appending one token."""
+        logits = self.model.forward(np.asarray([token], dtype=np.int32), len(self.tokens))  # (n_vocab,)
+        self.tokens.append(int(token))
+        return logits
+
+    @property
+    def full(self) -> bool:
+        return len(self.tokens) >= self.model.n_ctx
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text; holds back a tail that could still become one."""
+
+    def __init__(self, stops: Sequence[str] = ()):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to emit, whether a stop string was reached). After a hit, nothing more is emitted."""
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return buf[:min(hits)], True
+        keep = self._partial_tail(buf)
+        self.held = buf[len(buf) - keep:]
+        return buf[:len(buf) - keep], False
+
+    def flush(self) -> str:
+        text, self.held = self.held, ""
+        return text
+
+    def _partial_tail(self, buf: str) -> int:
+        """Length of the longest suffix of buf that is a proper prefix of some stop string."""
+        best = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), best, -1):
+                if buf.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+
+def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int | None, sampler: Sampler,
+             stop: Sequence[str] = (), cancel=None, stats: GenerationStats | None = None) -> Iterator[str]:
+    """Yield text pieces of the continuation of `prompt_ids`.
+
+    max_tokens None (or < 0) runs until an end-of-generation token or a full context. `cancel` is any
+    object with `is_set()` (e.g. threading.Event), checked before every token (the prompt batch runs
+    uninterrupted). Raises ContextOverflowError at the first next(), before any work, when the prompt does
+    not fit in the context.
+    """
+    stats = stats if stats is not None else GenerationStats()
+    stats.n_prompt = len(prompt_ids)
+    ctx.check_fits(len(prompt_ids))
+    limit = float("inf") if max_tokens is None or max_tokens < 0 else max_tokens
+    start = time.perf_counter()
+    logits, stats.n_reused = ctx.eval(prompt_ids)
+    stats.prompt_seconds = time.perf_counter() - start
+
+    history = list(prompt_ids)
+    eog = set(tokenizer.eog_ids)
+    decoder = StreamDecoder(tokenizer)
+    matcher = StopMatcher(stop)
+    stats.stop_reason = "closed"
+    clock = _BusyClock(stats)
+    try:
+        while True:
+            if stats.n_generated >= limit:
+                stats.stop_reason = "length"
+                break
+            if cancel is not None and cancel.is_set():
+                stats.stop_reason = "cancelled"
+                break
+            token = sampler.sample(logits, history)
+            if token in eog:
+                stats.stop_reason = "eog"
+                break
+            history.append(token)
+            stats.tokens.append(token)
+            stats.n_generated += 1
+            text, hit = matcher.feed(decoder.feed(token))
+            if text:
+                with clock.paused():
+                    yield text
+            if hit:
+                stats.stop_reason = "stop"
+                return
+            if stats.n_generated < limit:
+                if ctx.full:
+                    stats.stop_reason = "context"
+                    break
+                logits = ctx.append(token)
+        text, hit = matcher.feed(decoder.flush())
+        if hit:
+            stats.stop_reason = "stop"
+        tail = text + ("" if hit else matcher.flush())
+        if tail:
+            with clock.paused():
+                yield tail
+    finally:
+        clock.stop()
+
+
+class _BusyClock:
+    """Adds the generator's own running time (not the time the consumer holds a yielded piece) to stats."""
+
+    def __init__(self, stats: GenerationStats):
+        self.stats, self.since = stats, time.perf_counter()
+
+    def stop(self):
+        if self.since is not None:
+            self.stats.generate_seconds += time.perf_counter() - self.since
+            self.since = None
+
+    @contextmanager
+    def paused(self):
+        self.stop()
+        yield
+        self.since = time.perf_counter()

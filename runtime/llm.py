@@ -1,0 +1,171 @@
+"""The Python API: `LLM` loads a GGUF model once and generates, streams, chats, tokenizes.
+
+    from runtime import LLM
+    llm = LLM()                                   # default model, fetched into the cache if missing
+    print(llm.generate("The capital of France is", max_tokens=16, temperature=0))
+    for piece in llm.chat([{"role": "user", "content": "Hi!"}], stream=True):
+        print(piece, end="", flush=True)
+"""
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from . import registry
+from .chat import render, template_variables
+from .errors import GGUFError, LlambaError
+from .generate import Context, GenerationStats, generate
+from .model import load_model
+from .sampling import Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+CHATML_STOP = "<|im_end|>"  # stop string for the ChatML fallback on models whose vocabulary lacks it
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A GGUF path from a path, a registry name (fetched if missing) or None (the default model)."""
+    if model is None:
+        return registry.fetch(registry.DEFAULT_MODEL)
+    path = Path(model)
+    if path.exists():
+        return path
+    if str(model).lower() in registry.MODELS:
+        return registry.fetch(str(model))
+    if path.suffix.lower() == ".gguf" or os.sep in str(model):
+        raise GGUFError(f"{model}: no such file")
+    return registry.fetch(str(model))  # raises FetchError naming the known models
+
+
+def check_threads(n: int | None) -> int | None:
+    top = numba.config.NUMBA_NUM_THREADS
+    if n is not None and (not isinstance(n, int) or not 1 <= n <= top):
+        raise LlambaError(f"threads must be an integer in 1..{top} (NUMBA_NUM_THREADS), got {n!r}")
+    return n
+
+
+def _stop_list(stop: str | Sequence[str]) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+class LLM:
+    """A loaded model with its tokenizer and KV cache.
+
+    `model_path`: a GGUF path, a known model name (see `llamba list`) or None for the default model.
+    `n_ctx`: context size in tokens (default: the model's, capped at 4096). `n_threads`: kernel threads
+    (numba.set_num_threads, a per-thread setting: applied in whichever thread runs a generation).
+    `seed`: default sampling seed for calls that pass none (None: a fresh random seed per call).
+
+    Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
+    min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
+    is greedy. Consecutive calls reuse the KV cache for the prompt prefix they share.
+
+    Thread safety: one lock per LLM serializes generate, stream, chat and logits, so several threads
+    may share an instance (calls run one after the other). A stream holds the lock from its first piece
+    until it is exhausted or closed; break out of the loop (or set the `cancel` event from another
+    thread) to release it early. Do not call the same LLM from inside a `callback` or a stream loop:
+    that would wait for itself. tokenize/detokenize need no lock. Kernels release the GIL, so other
+    Python threads keep running during generation.
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
+                 n_threads: int | None = None, seed: int | None = None):
+        self.n_threads = check_threads(n_threads)
+        self.path = resolve_model(model_path)
+        start = time.perf_counter()
+        self.model = load_model(self.path, n_ctx)
+        self.tokenizer = Tokenizer.from_gguf(self.model.gguf.metadata)
+        self.load_seconds = time.perf_counter() - start
+        self.seed = seed
+        self.last_stats = GenerationStats()  # of the most recent generation
+        self._ctx = Context(self.model)
+        self._lock = threading.Lock()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.model.n_vocab
+
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Token ids of `text`; add_bos None follows the model; special=True parses special-token text."""
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (n, n_vocab) float32 of every position of `ids`, run from an empty context."""
+        with self._lock:
+            self._set_threads()
+            return self._ctx.eval_all(ids)
+
+    def _set_threads(self):
+        if self.n_threads is not None:
+            numba.set_num_threads(self.n_threads)
+
+    def sampling_params(self, sampling: SamplingParams | None = None, **kwargs) -> SamplingParams:
+        """SamplingParams from keywords (over `sampling` or the defaults); the LLM's seed when none is given."""
+        fields = {**(vars(sampling) if sampling is not None else {}), **kwargs}
+        if fields.get("seed") is None:
+            fields["seed"] = self.seed
+        return SamplingParams(**fields)
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
+               cancel=None, sampling: SamplingParams | None = None, **kwargs) -> Iterator[str]:
+        """Iterator of text pieces continuing `prompt` (text, or token ids used as given).
+
+        Stops at an end-of-generation token, `max_tokens` (None: until the context is full), a `stop`
+        string (never included), when `cancel.is_set()` (e.g. a threading.Event), or when the caller
+        breaks out. Statistics land in `self.last_stats`.
+        """
+        params = self.sampling_params(sampling, **kwargs)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        self._ctx.check_fits(len(ids))  # fail at the call, not at the first piece
+        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel)
+
+    def _stream(self, ids, max_tokens, params, stop, cancel) -> Iterator[str]:
+        with self._lock:
+            self._set_threads()
+            self.last_stats = GenerationStats()
+            yield from generate(self._ctx, self.tokenizer, ids, max_tokens, Sampler(params), stop, cancel,
+                                self.last_stats)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
+                 cancel=None, callback: Callable[[str], None] | None = None,
+                 sampling: SamplingParams | None = None, **kwargs) -> str:
+        """The generated text (see `stream`); `callback(piece)` sees each piece as it is produced."""
+        pieces = []
+        for piece in self.stream(prompt, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs):
+            pieces.append(piece)
+            if callback is not None:
+                callback(piece)
+        return "".join(pieces)
+
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """`messages` rendered with the model's chat template (ChatML when it has none)."""
+        return render(list(messages), self.tokenizer.chat_template, add_generation_prompt=add_generation_prompt,
+                      **template_variables(self.model.gguf.metadata))
+
+    def chat(self, messages: Sequence[dict], stream: bool = False, max_tokens: int | None = 256, *,
+             stop: str | Sequence[str] = (), cancel=None, sampling: SamplingParams | None = None,
+             **kwargs) -> str | Iterator[str]:
+        """The assistant's reply to `messages` ([{'role': 'user', 'content': ...}, ...]): a string, or an
+        iterator of pieces when stream=True. Other arguments as in `stream`."""
+        text = self.chat_prompt(messages)
+        ids = self.tokenize(text, add_bos=self._chat_bos(text))
+        stop = _stop_list(stop) + ([] if self.tokenizer.chat_template else [CHATML_STOP])
+        if stream:
+            return self.stream(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs)
+        return self.generate(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs)
+
+    def _chat_bos(self, text: str) -> bool | None:
+        """No BOS token when the template already wrote one (as llama.cpp does); else the model's default."""
+        bos = template_variables(self.model.gguf.metadata)["bos_token"]
+        return False if bos and text.startswith(bos) else None

@@ -1,0 +1,127 @@
+"""Sampling: turn a logits vector into the next token, with llama.cpp's parameters and defaults.
+
+The chain follows llama.cpp's default order: penalties -> top-k -> top-p -> min-p -> temperature ->
+draw from the softmax. Each transform is a small pure function over a candidate set
+(`ids`, `logits`: two aligned 1-D arrays), so tests can check it against its definition.
+A temperature <= 0 means greedy decoding (argmax after the penalties).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """llama.cpp's sampling knobs with llama.cpp's defaults; seed None draws a fresh random seed."""
+
+    temperature: float = 0.8
+    top_k: int = 40  # <= 0: disabled
+    top_p: float = 0.95  # >= 1: disabled
+    min_p: float = 0.05  # <= 0: disabled
+    repeat_penalty: float = 1.0  # 1: disabled
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at; -1: all of them
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            (self.temperature == self.temperature, "temperature must be a number"),
+            (0.0 <= self.top_p <= 1.0, f"top_p must be in [0, 1], got {self.top_p}"),
+            (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.repeat_penalty > 0.0, f"repeat_penalty must be > 0, got {self.repeat_penalty}"),
+            (self.repeat_last_n >= -1, f"repeat_last_n must be >= -1, got {self.repeat_last_n}"),
+            (self.seed is None or self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities in float64 (stable: shifted by the max)."""
+    z = np.exp(logits.astype(np.float64) - np.max(logits))
+    return z / z.sum()
+
+
+def apply_penalties(logits: np.ndarray, history, repeat: float, frequency: float, presence: float) -> np.ndarray:
+    """llama.cpp penalties over the tokens in `history` (a copy of `logits` is returned).
+
+    For each token seen c > 0 times: logit / repeat if logit > 0 else logit * repeat, then
+    logit -= c * frequency + presence.
+    """
+    out = np.array(logits, dtype=np.float32, copy=True)  # (n_vocab,)
+    if len(history) == 0 or (repeat == 1.0 and frequency == 0.0 and presence == 0.0):
+        return out
+    ids, counts = np.unique(np.asarray(history, dtype=np.int64), return_counts=True)
+    vals = out[ids]
+    vals = np.where(vals <= 0.0, vals * repeat, vals / repeat)
+    out[ids] = vals - counts * frequency - presence
+    return out
+
+
+def top_k(ids: np.ndarray, logits: np.ndarray, k: int):
+    """The k highest-logit candidates, sorted by descending logit; k <= 0 or k >= n keeps all (sorted)."""
+    n = len(logits)
+    if 0 < k < n:
+        part = np.argpartition(-logits, k - 1)[:k]
+        ids, logits = ids[part], logits[part]
+    order = np.argsort(-logits, kind="stable")
+    return ids[order], logits[order]
+
+
+def top_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
+    """Nucleus: the shortest prefix of the (descending-sorted) candidates whose probability mass >= p."""
+    if p >= 1.0:
+        return ids, logits
+    cum = np.cumsum(softmax(logits))
+    keep = max(int(np.searchsorted(cum, p, side="left")) + 1, min_keep)
+    return ids[:keep], logits[:keep]
+
+
+def min_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
+    """Candidates whose probability is >= p times the most likely one's (order preserved)."""
+    if p <= 0.0:
+        return ids, logits
+    keep = logits >= np.max(logits) + np.log(p)
+    if keep.sum() < min_keep:
+        return top_k(ids, logits, min_keep)
+    return ids[keep], logits[keep]
+
+
+def temperature(logits: np.ndarray, t: float) -> np.ndarray:
+    return logits / np.float32(t)
+
+
+class Sampler:
+    """Picks tokens for one generation: owns the seeded RNG, so the same seed gives the same tokens."""
+
+    def __init__(self, params: SamplingParams = SamplingParams()):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def sample(self, logits: np.ndarray, history=()) -> int:
+        """The next token id from `logits` (n_vocab,) given the ids so far (prompt + generated)."""
+        p = self.params
+        recent = _last_n(history, p.repeat_last_n)
+        logits = apply_penalties(logits, recent, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+        if p.greedy:
+            return int(np.argmax(logits))
+        ids = np.arange(len(logits))
+        ids, logits = top_k(ids, logits, p.top_k)  # sorted descending from here on
+        ids, logits = top_p(ids, logits, p.top_p)
+        ids, logits = min_p(ids, logits, p.min_p)
+        probs = softmax(temperature(logits, p.temperature))
+        return int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+def _last_n(history, n: int):
+    """The last n entries of history; n < 0 means all, n == 0 none."""
+    if n < 0:
+        return history
+    return history[max(len(history) - n, 0):] if n else ()
