@@ -23,3 +23,7 @@ class TokenizerError(LlambaError):
 
 class FetchError(LlambaError):
     """A known model could not be downloaded or failed its checksum."""
+
+
+class ConvertError(LlambaError):
+    """A model directory, checkpoint or conversion/quantization request is missing, corrupt or inconsistent."""

@@ -1,0 +1,154 @@
+"""Hugging Face checkpoint directory -> GGUF file (the engine behind `llamba convert`).
+
+The architecture-independent steps live here; what an architecture's checkpoint looks like (accepted
+`architectures` names, config.json -> `{arch}.*` metadata, tensor names, shapes and transforms) lives
+in its runtime/archs/<arch>.py (see runtime/hf_layout.py for that interface). Every expected tensor is
+checked (none missing, none extra, shapes as config.json says) before anything is written.
+"""
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import archs
+from .errors import ConvertError, UnsupportedError
+from .gguf_out import (
+    PlannedTensor,
+    check_target,
+    encode,
+    general_metadata,
+    plan_table,
+    report_notes,
+    summary,
+    typed,
+    write_gguf,
+)
+from .hf_checkpoint import Checkpoint
+from .hf_layout import IGNORED_SUFFIXES
+from .hf_vocab import vocab_metadata
+from .quant_plan import TypeChooser, scheme
+
+__all__ = ["ConvertError", "ConvertResult", "convert", "find_architecture"]
+
+
+@dataclass
+class ConvertResult:
+    path: Path | None  # None for a dry run
+    tensors: list  # PlannedTensor
+    notes: list  # type fallbacks
+    summary: str
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise ConvertError(f"{model_dir}: not a directory")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)") from None
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{path}: cannot read ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{path}: not a JSON object")
+    return cfg
+
+
+def find_architecture(cfg: dict):
+    """(GGUF arch name, arch module) for config.json's `architectures`."""
+    names = cfg.get("architectures") or []
+    known = {}
+    for arch, mod in archs.ARCHITECTURES.items():
+        for hf in getattr(mod, "HF_ARCHITECTURES", ()):
+            known[hf] = (arch, mod)
+    for name in names:
+        if name in known:
+            return known[name]
+    raise UnsupportedError(f"architecture {names or '(none in config.json)'} is not supported; "
+                           f"supported: {', '.join(sorted(known))}")
+
+
+def _order(name: str):
+    """token_embd first, then blocks in numeric order, then output_norm / output."""
+    m = re.match(r"blk\.(\d+)\.", name)
+    return (1, int(m.group(1)), name) if m else (0 if name.startswith("token_embd") else 2, 0, name)
+
+
+def _check_tensors(ckpt: Checkpoint, expected: dict):
+    present = set(ckpt.names)
+    ignorable = {n for n in present - expected.keys() if n.endswith(IGNORED_SUFFIXES) or n == "lm_head.weight"}
+    extra = sorted(present - expected.keys() - ignorable)
+    missing = sorted(expected.keys() - present)
+    if missing or extra:
+        parts = ([f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"unexpected {len(extra)} tensor(s): {', '.join(extra[:5])}"] if extra else [])
+        raise ConvertError(f"checkpoint does not match config.json: {'; '.join(parts)}")
+    for name, spec in expected.items():
+        if tuple(ckpt.shape(name)) != tuple(spec.shape):
+            raise ConvertError(f"tensor {name!r} has shape {tuple(ckpt.shape(name))}, config.json implies "
+                               f"{tuple(spec.shape)}")
+
+
+def _producer(ckpt: Checkpoint, hf_name: str, spec, qtype):
+    def produce():
+        x = ckpt.load(hf_name)  # float32, one tensor
+        return encode(spec.transform(x) if spec.transform else x, qtype)
+    return produce
+
+
+def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = False, dry_run: bool = False,
+            progress=None, log=None) -> ConvertResult:
+    """Convert model_dir to GGUF. outfile defaults to `<model_dir>/<name>-<outtype>.gguf`.
+    log(str) receives the plan (dry run; default stdout), fallback notes and the summary (default stderr)."""
+    say = log or (lambda s: print(s, file=sys.stderr))
+    model_dir = Path(model_dir)
+    s = scheme(outtype)
+    cfg = read_config(model_dir)
+    arch, mod = find_architecture(cfg)
+    out = Path(outfile) if outfile else model_dir / f"{model_dir.name}-{s.name}.gguf"
+    if not dry_run:
+        check_target(out, force)
+    expected = mod.hf_tensors(cfg)
+    ckpt = Checkpoint(model_dir)
+    _check_tensors(ckpt, expected)
+    metadata = [typed(f"{arch}.{k}", v) for k, v in mod.hf_metadata(cfg).items()]
+    metadata += general_metadata(cfg.get("_name_or_path") or model_dir.name, s.file_type)
+    metadata += [typed(k, v) for k, v in vocab_metadata(model_dir, cfg).items()]
+
+    by_gguf = sorted(((spec.gguf, hf, spec) for hf, spec in expected.items()), key=lambda t: _order(t[0]))
+    has_output = any(g == "output.weight" for g, _, _ in by_gguf)
+    chooser = TypeChooser(s, int(cfg.get("num_hidden_layers", 0)), has_output, int(cfg.get("num_local_experts", 0)))
+    tensors = []
+    for gguf_name, hf_name, spec in by_gguf:
+        qtype, note = chooser.choose(gguf_name, spec.shape)
+        tensors.append(PlannedTensor(gguf_name, tuple(spec.shape), qtype,
+                                     _producer(ckpt, hf_name, spec, qtype), note))
+    notes = [t.note for t in tensors if t.note]
+    text = summary(tensors)
+    if dry_run:
+        (log or print)(plan_table(tensors))
+        return ConvertResult(None, tensors, notes, text)
+    report_notes(tensors, say)
+    write_gguf(out, arch, metadata, tensors, force=force, progress=progress)
+    say(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB): {text}")
+    return ConvertResult(out, tensors, notes, text)
+
+
+def add_arguments(p):
+    """The options of `llamba convert` / tools/convert.py on an argparse parser; sets func=run_args."""
+    from .quant_plan import SCHEMES
+    p.add_argument("model_dir", help="Hugging Face model directory (config.json, safetensors or pytorch weights, "
+                   "tokenizer files)")
+    p.add_argument("-o", "--outfile", default=None, help="output GGUF (default: MODEL_DIR/<name>-<outtype>.gguf)")
+    p.add_argument("--outtype", default="f16", choices=list(SCHEMES), type=str.lower,
+                   help="tensor type or K-quant mix (default: f16)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--dry-run", action="store_true", help="print each tensor's type and size, write nothing")
+    p.set_defaults(func=run_args)
+
+
+def run_args(args) -> int:
+    convert(args.model_dir, args.outfile, args.outtype, force=args.force, dry_run=args.dry_run)
+    return 0

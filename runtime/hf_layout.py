@@ -1,0 +1,142 @@
+"""Shared pieces of the Hugging Face -> GGUF mappings that live in each runtime/archs/<arch>.py.
+
+An architecture module that can be converted defines:
+  HF_ARCHITECTURES = ("LlamaForCausalLM", ...)    # config.json "architectures" it accepts
+  hf_metadata(cfg) -> dict                          # `{arch}.*` keys without the prefix
+  hf_tensors(cfg) -> dict[str, HFTensor]            # every expected HF tensor: GGUF name, shape, transform
+Most decoders are built from `Dims`, `decoder_metadata` and `llama_layer` below.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConvertError, UnsupportedError
+
+# HF tensors a checkpoint may carry that GGUF drops (recomputed at load time)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class HFTensor:
+    gguf: str  # GGUF tensor name
+    shape: tuple  # expected numpy shape in the checkpoint
+    transform: Callable | None = None  # float32 array -> float32 array (same shape)
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    tied: bool  # output projection shares token_embd
+
+
+def _int(cfg: dict, key: str, default=None) -> int:
+    v = cfg.get(key, default)
+    if v is None:
+        raise ConvertError(f"config.json has no {key!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConvertError(f"config.json {key!r} must be a positive integer, got {v!r}")
+    return v
+
+
+def dims(cfg: dict, tied_default: bool = False) -> Dims:
+    n_embd, n_head = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
+    n_head_kv = _int(cfg, "num_key_value_heads", n_head)
+    if n_head % n_head_kv:
+        raise ConvertError(f"config.json num_attention_heads {n_head} is not a multiple of num_key_value_heads "
+                           f"{n_head_kv}")
+    head_dim = cfg.get("head_dim") or n_embd // n_head
+    return Dims(n_embd, _int(cfg, "num_hidden_layers"), n_head, n_head_kv, _int({"head_dim": head_dim}, "head_dim"),
+                _int(cfg, "intermediate_size"), _int(cfg, "vocab_size"),
+                bool(cfg.get("tie_word_embeddings", tied_default)))
+
+
+def rope_metadata(params: dict) -> dict:
+    """`rope.*` keys from a rope parameter dict (transformers 5 `rope_parameters`, or older top-level keys)."""
+    md = {"rope.freq_base": float(params.get("rope_theta", 10000.0))}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "linear":
+        md.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(params["factor"])})
+    elif kind == "yarn":
+        md.update({"rope.scaling.type": "yarn", "rope.scaling.factor": float(params["factor"]),
+                   "rope.scaling.original_context_length": int(params["original_max_position_embeddings"])})
+    elif kind != "default":
+        raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by the converter (default, linear, yarn)")
+    return md
+
+
+def rope_params(cfg: dict) -> dict:
+    """The rope parameter dict of a text config in either transformers layout."""
+    params = dict(cfg.get("rope_parameters") or {})
+    if not params:
+        params = dict(cfg.get("rope_scaling") or {})
+        if "rope_theta" in cfg:
+            params["rope_theta"] = cfg["rope_theta"]
+    return params
+
+
+def decoder_metadata(cfg: dict, d: Dims, rope: dict) -> dict:
+    """The common `{arch}.*` keys of a decoder (DESIGN §1)."""
+    md = {
+        "context_length": _int(cfg, "max_position_embeddings", 2048),
+        "embedding_length": d.n_embd, "block_count": d.n_layer, "feed_forward_length": d.n_ff,
+        "attention.head_count": d.n_head, "attention.head_count_kv": d.n_head_kv,
+        "attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
+        "rope.dimension_count": d.head_dim,
+    }
+    if d.head_dim != d.n_embd // d.n_head:
+        md.update({"attention.key_length": d.head_dim, "attention.value_length": d.head_dim})
+    md.update(rope_metadata(rope))
+    return md
+
+
+def permute_rope(n_head: int) -> Callable:
+    """HF rotate-half Q/K rows -> llama.cpp's adjacent-pair order (DESIGN §1 RoPE), per head."""
+    def permute(w: np.ndarray) -> np.ndarray:  # (n_head * head_dim, ...) rows
+        return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+                .swapaxes(1, 2).reshape(w.shape))
+    return permute
+
+
+def llama_layer(d: Dims) -> dict:
+    """HF suffix within `model.layers.N.` -> (GGUF suffix within `blk.N.`, shape) of a llama-style block."""
+    q, kv = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
+    return {
+        "input_layernorm.weight": ("attn_norm.weight", (d.n_embd,)),
+        "self_attn.q_proj.weight": ("attn_q.weight", (q, d.n_embd)),
+        "self_attn.k_proj.weight": ("attn_k.weight", (kv, d.n_embd)),
+        "self_attn.v_proj.weight": ("attn_v.weight", (kv, d.n_embd)),
+        "self_attn.o_proj.weight": ("attn_output.weight", (d.n_embd, q)),
+        "post_attention_layernorm.weight": ("ffn_norm.weight", (d.n_embd,)),
+        "mlp.gate_proj.weight": ("ffn_gate.weight", (d.n_ff, d.n_embd)),
+        "mlp.up_proj.weight": ("ffn_up.weight", (d.n_ff, d.n_embd)),
+        "mlp.down_proj.weight": ("ffn_down.weight", (d.n_embd, d.n_ff)),
+    }
+
+
+def decoder_tensors(d: Dims, layer: dict, transforms: dict | None = None) -> dict:
+    """Every HF tensor of a decoder: embeddings, final norm, `lm_head` unless tied, and `layer` per block.
+    transforms maps a GGUF suffix ('attn_q.weight', 'output_norm.weight', ...) to a function."""
+    transforms = transforms or {}
+    out = {
+        "model.embed_tokens.weight": HFTensor("token_embd.weight", (d.n_vocab, d.n_embd)),
+        "model.norm.weight": HFTensor("output_norm.weight", (d.n_embd,), transforms.get("output_norm.weight")),
+    }
+    if not d.tied:
+        out["lm_head.weight"] = HFTensor("output.weight", (d.n_vocab, d.n_embd))
+    for i in range(d.n_layer):
+        for hf, (gg, shape) in layer.items():
+            out[f"model.layers.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg))
+    return out
+
+
+def add_one(w: np.ndarray) -> np.ndarray:
+    """Gemma stores RMSNorm weights as w - 1 (it multiplies by 1 + w); GGUF stores 1 + w."""
+    return w + np.float32(1.0)

@@ -1,0 +1,124 @@
+"""Tiny random Hugging Face models for the converter tests: tokenizers trained on a small corpus, transformers
+models of each supported architecture saved in the checkpoint formats the converter reads."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from runtime.hf_vocab import _LLAMA3_RE, _QWEN2_RE
+from runtime.model import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TEXT = ("Hello world! The quick brown fox jumps over the lazy dog, doesn't it? 1234567 + 89 = 1234656.\n"
+        "\tIndented   spaces,   ünïcödé, 日本語のテキスト, emoji 🙂 and <|bos|> tags <b>bold</b>.")
+CORPUS = [TEXT, "the lazy dog sleeps; the fox runs 42 times", "def f(x):\n    return x * 2  # code"] * 30
+BOS, EOS = "<|bos|>", "<|eos|>"
+MODELS = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 4096}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"tie_word_embeddings": True}),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 64, "query_pre_attn_scalar": 64}),
+}
+
+
+def bpe_tokenizer(d, pre: str) -> int:
+    """Train a byte-level BPE tokenizer.json with llama.cpp's `pre` pre-tokenizer; returns its vocab size."""
+    split = {"llama-bpe": _LLAMA3_RE, "qwen2": _QWEN2_RE}.get(pre)
+    tok = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    if split:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), "isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    elif pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=[BOS, EOS],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tcfg = {"bos_token": BOS, "eos_token": EOS, "chat_template": "{{ messages[0]['content'] }}"}
+    if pre == "llama-bpe":  # BOS added by the post-processor, as in Llama 3 (tokenizer_config is silent)
+        tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, 0)])
+    else:
+        tcfg["add_bos_token"] = False
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    return tok.get_vocab_size()
+
+
+def sentencepiece_tokenizer(d, add_dummy_prefix: bool = True) -> int:
+    """Train a SentencePiece BPE model (byte fallback, no normalization, as Llama/Mistral's tokenizer.model;
+    Gemma's has no dummy prefix)."""
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(d / "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix, minloglevel=2)
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                         "add_bos_token": True}))
+    return 400
+
+
+def save_model(d, kind: str, fmt: str, n_vocab: int, **overrides):
+    """A tiny random model of `kind` saved to d as `safetensors`, `sharded` safetensors, `bf16` safetensors or
+    `pytorch` .bin."""
+    config_cls, model_cls, extra = MODELS[kind]
+    torch.manual_seed(0)
+    cfg = config_cls(**{"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": n_vocab,
+                        "max_position_embeddings": 256} | extra | overrides)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so their conversion (gemma's + 1) matters
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.normal_(0.0, 0.3)
+    if fmt == "bf16":  # bf16 safetensors (numpy has no bf16); the reference runs the rounded weights in f32
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(d, safe_serialization=fmt != "pytorch", max_shard_size="300KB" if fmt == "sharded" else "5GB")
+    return model.float()
+
+
+def checkpoint_fixture(**overrides):
+    """A module-scoped fixture `checkpoints(kind, fmt) -> (model dir, transformers model)`, each built once;
+    overrides go to the transformers config (e.g. initializer_range)."""
+    @pytest.fixture(scope="module")
+    def checkpoints(tmp_path_factory):
+        made = {}
+
+        def get(kind: str, fmt: str):
+            if (kind, fmt) not in made:
+                d = tmp_path_factory.mktemp(f"{kind}-{fmt}")
+                n_vocab = sentencepiece_tokenizer(d) if kind == "mistral" else bpe_tokenizer(d, "llama-bpe")
+                made[kind, fmt] = d, save_model(d, kind, fmt, n_vocab, **overrides)
+            return made[kind, fmt]
+        return get
+    return checkpoints
+
+
+def llamba_logits(path, tokens) -> np.ndarray:
+    return load_model(path).forward(np.asarray(tokens), 0, all_logits=True).astype(np.float64)
