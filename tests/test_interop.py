@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hf_models import checkpoint_fixture, llamba_logits, load_tool
 
+from runtime.bench_llama_cpp import open_llama
 from runtime.convert import convert
 from runtime.gguf import GGUFFile
 from runtime.tokenizer import Tokenizer
@@ -29,20 +30,9 @@ quantize_main = load_tool("quantize").main
 
 
 def llama_cpp_logits(path, tokens) -> np.ndarray:
-    """llama.cpp's logits at every position. Its AMX / repacked weight buffers are turned off: this CPU advertises
-    AMX but the VM does not enable it (SIGILL), and llamba is compared with llama.cpp's reference CPU kernels."""
-    default_params = llama_cpp.llama_cpp.llama_model_default_params
-
-    def params():
-        p = default_params()
-        p.use_extra_bufts = False
-        return p
-    llama_cpp.llama_cpp.llama_model_default_params = params
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(128, len(tokens)), n_batch=max(128, len(tokens)),
-                              logits_all=True, verbose=False, n_threads=2)
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = default_params
+    """llama.cpp's logits at every position (reference CPU kernels, see open_llama)."""
+    llm = open_llama(model_path=str(path), n_ctx=max(128, len(tokens)), n_batch=max(128, len(tokens)),
+                     logits_all=True, verbose=False, n_threads=2)
     llm.eval(list(map(int, tokens)))
     logits = np.array(llm.scores[: len(tokens)], np.float64)  # (n_tokens, n_vocab)
     llm.close()
@@ -59,7 +49,7 @@ def compare(path, tokens) -> tuple:
     return agree.mean(), agree[clear].mean(), int(clear.sum()), np.corrcoef(ref.ravel(), got.ravel())[0, 1]
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "mixtral", "qwen2", "gemma3"])
 def test_converted_files_run_the_same_in_llama_cpp(checkpoints, tmp_path, kind):
     d, model = checkpoints(kind, "safetensors")
     tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)

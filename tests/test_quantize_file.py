@@ -3,7 +3,7 @@ transformers, and the safety rules (no re-quantizing without the flag, no overwr
 
 import numpy as np
 import pytest
-from test_convert import bpe_tokenizer, llamba_logits, load_tool, reference_logits, save_model
+from hf_models import bpe_tokenizer, llamba_logits, load_tool, save_model, transformers_logits
 
 from runtime.convert import ConvertError, convert
 from runtime.gguf import GGUFFile
@@ -44,7 +44,7 @@ def test_requantized_logits_match_transformers(f32_model, tmp_path):
         assert b.tensors["blk.0.attn_q.weight"].qtype.name == "Q8_0"
         assert np.array_equal(b.tensors["blk.0.attn_norm.weight"].raw, a.tensors["blk.0.attn_norm.weight"].raw)
     tokens = np.random.default_rng(3).integers(0, model.config.vocab_size, 40)
-    corr = np.corrcoef(llamba_logits(out, tokens).ravel(), reference_logits(model, tokens).ravel())[0, 1]
+    corr = np.corrcoef(llamba_logits(out, tokens).ravel(), transformers_logits(model, tokens).ravel())[0, 1]
     assert corr >= 0.999, corr
 
 

@@ -1,0 +1,104 @@
+"""llamba bench (runtime/bench.py): the tests it plans, the table and JSON it prints on a real model, the
+weight bytes per token checked against the gguf package's reader, and the CLI's errors. Functional only:
+nothing here asserts a speed."""
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+
+from runtime import bench, cli
+from runtime import bench_llama_cpp as lcpp
+from runtime.errors import LlambaError
+
+SMOL = "smollm2-135m-instruct"
+
+
+def test_plan_follows_llama_bench_names():
+    tests = bench.plan([512, 0], [128], [512, 2048])
+    assert [t.name for t in tests] == ["pp512", "tg128", "tg128 @ d512", "tg128 @ d2048"]
+    assert [t.n_tokens for t in tests] == [512, 128, 128, 128]
+    assert bench.int_list("1,2", "-t", 1) == [1, 2]
+    for bad in ("x", "1,,2", "0"):
+        with pytest.raises(LlambaError, match="-t"):
+            bench.int_list(bad, "-t", 1)
+    with pytest.raises(LlambaError, match="no test"):
+        bench.plan([0], [0], [])
+
+
+@pytest.fixture(scope="module")
+def report(model_path):
+    tests = bench.plan([8], [2], [4])
+    return bench.run_bench(model_path(SMOL), tests, [1], repetitions=2, bandwidth_gb=0.05)
+
+
+def test_report_table(report):
+    text = bench.markdown(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("| model | size | params | backend | threads | test | t/s |")
+    rows = [line.split(" | ") for line in lines[2:5]]
+    assert [r[5] for r in rows] == ["pp8", "tg2", "tg2 @ d4"]
+    for r in rows:
+        assert r[0] == "| llama 135M Q4_1" and r[3] == "llamba CPU" and r[4] == "1"
+        mean, sd = (float(v) for v in r[6].split(" ± "))
+        assert mean > 0 and sd >= 0
+    assert rows[1][7].endswith("% |") and rows[0][7] == " |"  # tg against the bandwidth bound only
+    assert "time to first token" in text and "peak RSS" in text and "bandwidth 1T" in text
+
+
+def test_report_json(report, model_path):
+    out = json.loads(json.dumps(bench.as_json(report)))
+    results = out["results"]
+    assert [(r["test"], r["n_prompt"], r["n_gen"], r["n_depth"]) for r in results] == [
+        ("pp8", 8, 0, 0), ("tg2", 0, 2, 0), ("tg2 @ d4", 0, 2, 4)]
+    for r in results:
+        assert len(r["samples_ns"]) == len(r["samples_ts"]) == 2
+        n = r["n_prompt"] + r["n_gen"]
+        assert np.allclose(r["samples_ts"], [n * 1e9 / s for s in r["samples_ns"]], rtol=1e-6)
+        assert r["avg_ts"] == pytest.approx(np.mean(r["samples_ts"]))
+        assert r["stddev_ts"] == pytest.approx(np.std(r["samples_ts"], ddof=1))
+    (engine,) = out["engines"]
+    assert engine["name"] == "llamba" and engine["load_s"] > 0 and engine["ttft_s"] > 0
+    assert engine["peak_rss_bytes"] > report.model.size / 2  # the weights were read through the map
+    assert out["bandwidth_gbps"]["1"] > 0 and out["ratios"] == []
+
+    # oracle: the gguf package's reader. SmolLM2 ties the output to the embeddings, so a token reads every
+    # tensor once, the embeddings a second time in full (output) plus one row (lookup)
+    reader = gguf.GGUFReader(model_path(SMOL))
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert not any(t.name == "output.weight" for t in reader.tensors)
+    size = sum(int(t.n_bytes) for t in reader.tensors)
+    assert results[0]["model_size"] == size
+    assert results[0]["model_n_params"] == sum(int(t.n_elements) for t in reader.tensors)
+    assert out["bytes_per_token"] == size + int(embd.n_bytes) // int(embd.shape[1])
+    assert results[1]["bw_bound_ts"] == pytest.approx(out["bandwidth_gbps"]["1"] * 1e9 / out["bytes_per_token"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "abc"], "-p must be a comma-separated list"),
+    (["-p", "0", "-n", "0"], "no test to run"),
+    (["-r", "0"], "repetitions must be >= 1"),
+    (["-t", "999"], "threads must be an integer"),
+])
+def test_cli_errors(argv, message, capsys):
+    assert cli.main(["bench", "-m", SMOL, *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_compare_without_llama_cpp_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(lcpp.importlib.util, "find_spec", lambda name: None)
+    assert cli.main(["bench", "-m", SMOL, "--compare", "llama.cpp"]) == 1
+    assert 'pip install -e ".[interop]"' in capsys.readouterr().err
+
+
+def test_compare_with_llama_cpp(model_path):
+    pytest.importorskip("llama_cpp")  # the interop extra
+    rep = bench.run_bench(model_path(SMOL), bench.plan([8], [2], []), [1], repetitions=1, compare="llama.cpp")
+    assert [(r.engine, r.test.name) for r in rep.results] == [
+        ("llamba", "pp8"), ("llama.cpp", "pp8"), ("llamba", "tg2"), ("llama.cpp", "tg2")]
+    assert all(r.mean > 0 for r in rep.results)
+    ratios = bench.as_json(rep)["ratios"]
+    assert [r["test"] for r in ratios] == ["pp8", "tg2"] and all(r["ratio"] > 0 for r in ratios)
+    assert "| test | threads | llamba t/s | llama.cpp t/s | llamba / llama.cpp |" in bench.markdown(rep)
+    assert all(e.peak_rss > 0 and e.load_s > 0 for e in rep.engines)
