@@ -4,6 +4,7 @@ the sandbox, the helpers transformers provides, and the ChatML fallback."""
 import datetime
 
 import pytest
+from gguf_reference import reference_tokenizer
 
 from runtime.chat import ChatTemplateError, render, template_variables
 from runtime.gguf import GGUFFile
@@ -20,9 +21,8 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
 def test_matches_transformers(model_path, name):
-    transformers = pytest.importorskip("transformers")
     path = model_path(name)
-    hf = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = reference_tokenizer(path)
     with GGUFFile(path) as g:
         template, variables = g.metadata["tokenizer.chat_template"], template_variables(g.metadata)
     assert variables == {"bos_token": hf.bos_token, "eos_token": hf.eos_token}

@@ -5,13 +5,13 @@ Oracle: transformers loading the same GGUF (float32) generates greedily; `llamba
 `error: ...` on stderr and exit code 1, never a traceback.
 """
 
-import gc
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+from gguf_reference import reference_model, reference_tokenizer
 
 from runtime import registry
 
@@ -41,11 +41,8 @@ def hf_greedy(hf, tok, text: str, n: int) -> str:
 @pytest.fixture(scope="module")
 def oracle(model_path):
     """transformers' greedy texts: the PROMPT continuation, its prompt length, the replies of a two-turn chat."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     path = model_path(MODEL)
-    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tok, hf = reference_tokenizer(path), reference_model(path)
     run_text = hf_greedy(hf, tok, PROMPT, N_RUN)
     history, replies = [], []
     for turn in CHAT_TURNS:
@@ -53,8 +50,6 @@ def oracle(model_path):
         prompt = tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
         replies.append(hf_greedy(hf, tok, prompt, N_CHAT))
         history.append({"role": "assistant", "content": replies[-1]})
-    del hf
-    gc.collect()
     return run_text, len(tok(PROMPT, add_special_tokens=False).input_ids), replies
 
 

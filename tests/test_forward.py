@@ -4,16 +4,14 @@ Token ids come from transformers' tokenizer of that GGUF, so these tests do not 
 transformers model is loaded once (module-scoped fixture), its reference outputs computed, and freed.
 """
 
-import functools
-import gc
 from dataclasses import dataclass
 
-import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from gguf_reference import reference_model, reference_tokenizer
+from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import runtime.model
@@ -48,20 +46,10 @@ def _hf_gemma_window(hf, window: int):
             layer.self_attn.sliding_window = window
 
 
-def _load_transformers(path):
-    """transformers parses the GGUF three times (config, weights, tokenizer) and rebuilds gguf's tensor name
-    map for every module: memoize both (pure functions, no effect on the numbers) to cut minutes of loading."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gguf, "GGUFReader", functools.cache(gguf.GGUFReader))
-        mp.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        return hf, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, model_path):
     path = model_path(request.param)
-    hf, tok = _load_transformers(path)
+    hf, tok = reference_model(path), reference_tokenizer(path)
     ids = tok(TEXT, return_tensors="pt").input_ids  # (1, n)
     assert ids.shape[1] >= 64
     with torch.no_grad():
@@ -74,10 +62,10 @@ def case(request, model_path):
             greedy.append((p[0].numpy(), out[0, p.shape[1]:].tolist()))
         swa_logits = None
         if hf.config.model_type == "gemma3_text":
+            window = hf.config.sliding_window
             _hf_gemma_window(hf, GEMMA_TEST_WINDOW)
             swa_logits = hf(ids).logits[0].numpy()
-    del hf
-    gc.collect()
+            _hf_gemma_window(hf, window)  # the reference model is shared: restore it
     yield Case(load_model(path, n_ctx=256), ids[0].numpy(), logits, greedy, swa_logits)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_forward import _load_transformers  # the memoized transformers loader of a GGUF
+from gguf_reference import reference_model
 
 from runtime.errors import ContextOverflowError, LlambaError
 from runtime.gguf import GGUFFile
@@ -118,7 +118,7 @@ def test_tool_matches_transformers_perplexity(model_path, capsys):
     assert not tokenizer.add_bos  # SmolLM2's GGUF does not add BOS: chunks are plain text tokens
     ids = tokenizer.encode(TEXT_PATH.read_text(encoding="utf-8"), special=False)
     chunks = torch.tensor(ids[:SMOL_CTX * SMOL_CHUNKS]).reshape(SMOL_CHUNKS, SMOL_CTX)
-    hf, _ = _load_transformers(path)
+    hf = reference_model(path)
     with torch.no_grad():
         ref = _reference_nll(hf(chunks).logits, chunks)  # (n_scored,)
     del hf
