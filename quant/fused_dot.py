@@ -1,167 +1,330 @@
 """Fused row dots for the float matvec: quants are unpacked inside the FMA loop, never stored.
 
-A block is walked as "segments" of 16 or 32 consecutive elements sharing one scale, whose quants are
-bit fields of consecutive bytes:  q = ((row[qo+l] >> qs) & qm) | (((row[ho+l] >> hs) & hm) << hp) - bias.
-Each segment is one loop  acc[l] += q * (x[xo+l] * f)  (the scale folded into the activation); LLVM
-vectorizes it only when nothing is stored but acc, which is why kernel_blocks' decode-to-scratch form
-is not used here. Sub-block offsets (value = f q - m) are summed as m * sum(x over the segment).
-Everything is inlined into the per-type row function built by kernels_float.kernels().
+One compiled function per weight type (dot_q4_k, ...), so LLVM optimizes each loop nest on its own;
+`row_dot(code, ...)` picks one per row. A block is walked as "segments" of 16 or 32 consecutive
+elements sharing one scale; each segment is one loop  acc[l] += q * (x[xo+l] * f)  (the scale folded
+into the activation), vectorized because nothing is stored but acc. Constant biases and sub-block offsets
+(value = f q - m) are summed as m * sum(x over the sub-block) (xsum) and subtracted once per row.
+
+Nibbles and 2-bit fields are extracted with float arithmetic (bits k.. of a byte b: floor(b / 2^k) - 2^w floor(b /
+2^(k+w)), exact), 8 lanes wide, where Numba's integer shifts and masks run in int64 lanes (4 per AVX2 register);
+single high bits (Q5_x, Q3_K) measured faster with integer shifts than with two floors each, so they use those.
 """
 
 import numpy as np
 from numba import njit
 
-from .fp16 import load_bf16, load_f16, load_f32
+from .fp16 import load_bf16, load_f16
 from .kernel_blocks import q3k_scale, scale_min_k4
 
-jit = njit(cache=True, nogil=True, inline="always")
+FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorizes reductions; keeps inf/NaN semantics
+inline = njit(cache=True, nogil=True, inline="always")
+row_jit = njit(cache=True, nogil=True, fastmath=FAST)  # one per type: each row dot is its own LLVM function
+
+ACC = 64  # accumulator lanes of the row dots
+_F16, _F4, _F64 = np.float32(16.0), np.float32(4.0), np.float32(64.0)
 
 
-@jit
+@inline
 def _opaque(n, x):
     """n, hidden from constant folding (n <= len(x) always): a loop of constant trip count 16 is fully
     unrolled before the loop vectorizer runs, and the unrolled form is not vectorized (possible aliasing)."""
     return min(n, x.shape[0])
 
 
-@jit
-def _seg(acc, x, xo, f, row, qo, qs, qm, ho, hs, hm, hp, bias, n):
+@inline
+def _nibbles(b):
+    """(low, high) nibble of the integer-valued float b in 0..255."""
+    hi = np.floor(b * np.float32(0.0625))
+    return b - _F16 * hi, hi
+
+
+@inline
+def _seg_nibbles(acc, x, xo, flo, fhi, row, qo, n):
+    """n bytes of nibble pairs: low nibbles are elements xo + l (scale flo) into acc[:n], high ones xo + n + l
+    (scale fhi) into acc[n:2n]."""
     for l in range(_opaque(n, x)):  # hot loop
-        q = ((np.int32(row[qo + l]) >> qs) & qm) | (((np.int32(row[ho + l]) >> hs) & hm) << hp)
-        acc[l] += np.float32(q - bias) * (x[xo + l] * f)
+        lo, hi = _nibbles(np.float32(row[qo + l]))
+        acc[l] += lo * (x[xo + l] * flo)
+        acc[n + l] += hi * (x[xo + n + l] * fhi)
 
 
-@jit
-def _seg_nibbles(acc, x, xlo, xhi, flo, fhi, row, qo, bias, n):
-    """n bytes of nibble pairs: low nibbles times x[xlo:] (scale flo) into acc[:n], high ones times x[xhi:]
-    (scale fhi) into acc[n:2n]. Unpacked with float arithmetic (hi = floor(b/16)): 8-wide, where integer
-    shifts and masks run in Numba's 64-bit lanes."""
-    for l in range(_opaque(n, x)):  # hot loop
-        b = np.float32(row[qo + l])
-        hi = np.floor(b * np.float32(0.0625))
-        acc[l] += (b - np.float32(16.0) * hi - bias) * (x[xlo + l] * flo)
-        acc[n + l] += (hi - bias) * (x[xhi + l] * fhi)
-
-
-@jit
-def _seg_qh32(acc, x, xo, f, row, qo, qs, qh, hs, bias):
-    """Q5_0/Q5_1 half block: 16 nibbles, fifth bits hs..hs+15 of the u32 qh."""
+@inline
+def _seg_q5(acc, x, xo, f, row, qo, qh):
+    """Q5_0/Q5_1 block: 16 nibble pairs; fifth bits l and 16 + l of the u32 qh (integer shifts measured faster
+    here than float bit extraction)."""
     for l in range(_opaque(16, x)):  # hot loop
-        q = ((np.int32(row[qo + l]) >> qs) & 15) | (((qh >> (hs + l)) & 1) << 4)
-        acc[l] += np.float32(q - bias) * (x[xo + l] * f)
+        lo, hi = _nibbles(np.float32(row[qo + l]))
+        acc[l] += (lo + np.float32(16 * ((qh >> l) & 1))) * (x[xo + l] * f)
+        acc[16 + l] += (hi + np.float32(16 * ((qh >> (16 + l)) & 1))) * (x[xo + 16 + l] * f)
 
 
-@jit
-def _seg_i8(acc, x, xo, f, row, qo):
-    for l in range(32):  # hot loop
-        acc[l] += np.float32(np.int8(row[qo + l])) * (x[xo + l] * f)
+@inline
+def _seg_q5k(acc, x, xo, flo, fhi, row, qo, ho, j):
+    """Q5_K chunk j: 32 nibble pairs (sub-blocks 2j, 2j+1) with fifth bits 2j, 2j+1 of qh[l] (integer shifts, as
+    in _seg_q5)."""
+    for l in range(_opaque(32, x)):  # hot loop
+        lo, hi = _nibbles(np.float32(row[qo + l]))
+        h = np.int64(row[ho + l]) >> (2 * j)
+        acc[l] += (lo + np.float32(16 * (h & 1))) * (x[xo + l] * flo)
+        acc[32 + l] += (hi + np.float32(8 * (h & 2))) * (x[xo + 32 + l] * fhi)
 
 
-@jit
+@inline
+def _acc4(acc, x, xo, l, f0, f1, f2, f3, q0, q1, q2, q3):
+    """Lane l of four 16-element segments x[xo + 32k:] with quants qk, scales fk (Q2_K, Q3_K, Q6_K)."""
+    acc[l] += q0 * (x[xo + l] * f0)
+    acc[16 + l] += q1 * (x[xo + 32 + l] * f1)
+    acc[32 + l] += q2 * (x[xo + 64 + l] * f2)
+    acc[48 + l] += q3 * (x[xo + 96 + l] * f3)
+
+
+@inline
+def _crumbs(b):
+    """The four 2-bit fields of the integer-valued float b in 0..255, low first."""
+    b1, b2, b3 = np.floor(b * np.float32(0.25)), np.floor(b * np.float32(0.0625)), np.floor(b / _F64)
+    return b - _F4 * b1, b1 - _F4 * b2, b2 - _F4 * b3, b3
+
+
+@inline
+def _seg_q6(acc, x, xo, f0, f1, f2, f3, row, qo, ho):
+    """Q6_K: 16 lanes of ql[l], ql[32+l], qh[l] make elements xo + 32k + l, k = 0..3 (scale fk):
+    low nibbles then high nibbles, each with two bits of qh (the -32 bias is in the row offset)."""
+    for l in range(_opaque(16, x)):  # hot loop
+        a_lo, a_hi = _nibbles(np.float32(row[qo + l]))
+        b_lo, b_hi = _nibbles(np.float32(row[qo + 32 + l]))
+        c0, c1, c2, c3 = _crumbs(np.float32(row[ho + l]))
+        _acc4(acc, x, xo, l, f0, f1, f2, f3, a_lo + _F16 * c0, b_lo + _F16 * c1, a_hi + _F16 * c2, b_hi + _F16 * c3)
+
+
+@inline
+def _seg_q2(acc, x, xo, f0, f1, f2, f3, row, qo):
+    """Q2_K: the four 2-bit fields k of 16 bytes row[qo+l] are elements xo + 32k + l (scale fk)."""
+    for l in range(_opaque(16, x)):  # hot loop
+        q0, q1, q2, q3 = _crumbs(np.float32(row[qo + l]))
+        _acc4(acc, x, xo, l, f0, f1, f2, f3, q0, q1, q2, q3)
+
+
+@inline
+def _seg_q3(acc, x, xo, f0, f1, f2, f3, row, qo, ho, hs):
+    """Q3_K: as Q2_K plus 4 times bit hs + k of row[ho+l] (integer shifts; the -4 bias is in the row offset)."""
+    for l in range(_opaque(16, x)):  # hot loop
+        q0, q1, q2, q3 = _crumbs(np.float32(row[qo + l]))
+        h = np.int64(row[ho + l]) >> hs
+        _acc4(acc, x, xo, l, f0, f1, f2, f3, q0 + np.float32(4 * (h & 1)), q1 + np.float32(2 * (h & 2)),
+              q2 + np.float32(h & 4), q3 + np.float32((h & 8) >> 1))
+
+
+@inline
 def _u32(row, o):
     return np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16) | (np.int64(row[o + 3]) << 24)
 
 
-@jit
-def _dot_32block(code, row, x, xsum, acc):
-    """Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32 elements per block); returns the offset sum."""
-    offset = np.float32(0.0)
+@row_jit
+def dot_q8_0(row, x, xsum, acc):  # d, qs[32] int8
+    acc[:] = 0.0
     for ib in range(x.shape[0] // 32):
-        xo = 32 * ib
-        if code == 8:  # d, qs[32] int8
-            o = 34 * ib
-            _seg_i8(acc, x, xo, load_f16(row, o), row, o + 2)
-        elif code == 2 or code == 3:  # Q4_0: d, qs[16]; Q4_1: d, m, qs[16]
-            o = (18 if code == 2 else 20) * ib
-            qo = o + (2 if code == 2 else 4)
-            d = load_f16(row, o)
-            _seg_nibbles(acc, x, xo, xo + 16, d, d, row, qo, np.float32(8.0 if code == 2 else 0.0), 16)
-            if code == 3:
-                offset -= load_f16(row, o + 2) * xsum[ib]
-        else:  # Q5_0: d, qh[4], qs[16]; Q5_1: d, m, qh[4], qs[16]
-            o = (22 if code == 6 else 24) * ib
-            hq = o + (2 if code == 6 else 4)
-            bias = 16 if code == 6 else 0
-            d = load_f16(row, o)
-            qh = _u32(row, hq)
-            _seg_qh32(acc, x, xo, d, row, hq + 4, 0, qh, 0, bias)
-            _seg_qh32(acc, x, xo + 16, d, row, hq + 4, 4, qh, 16, bias)
-            if code == 7:
-                offset -= load_f16(row, o + 2) * xsum[ib]
-    return offset
+        o = 34 * ib
+        f = load_f16(row, o)
+        for l in range(_opaque(32, x)):  # hot loop
+            acc[l] += np.float32(np.int8(row[o + 2 + l])) * (x[32 * ib + l] * f)
+    return acc.sum()
 
 
-@jit
-def _dot_kquant(code, row, x, xsum, acc):
-    """Q2_K .. Q6_K (256 elements per block); xsum holds sums over 16 (Q2/Q3/Q6) or 32 (Q4/Q5) elements."""
-    offset = np.float32(0.0)
-    for ib in range(x.shape[0] // 256):
-        xb = 256 * ib
-        if code == 12 or code == 13:  # Q4_K: d, dmin, scales[12], qs[128]; Q5_K: + qh[32] before qs
-            o = (144 if code == 12 else 176) * ib
-            d, dmin = load_f16(row, o), load_f16(row, o + 2)
-            for s in range(8):
-                sc, m = scale_min_k4(row, o + 4, s)
-                offset += dmin * np.float32(m) * xsum[8 * ib + s]
-                if code == 13:  # sub-block s: bytes of chunk s // 2, low or high nibbles, fifth bit s of qh
-                    _seg(acc, x, xb + 32 * s, d * np.float32(sc), row, o + 48 + 32 * (s // 2), 4 * (s % 2), 15,
-                         o + 16, s, 1, 4, 0, 32)
-            if code == 12:  # chunk j: sub-block 2j in the low nibbles, 2j+1 in the high ones
-                for j in range(4):
-                    sc0, _ = scale_min_k4(row, o + 4, 2 * j)
-                    sc1, _ = scale_min_k4(row, o + 4, 2 * j + 1)
-                    _seg_nibbles(acc, x, xb + 64 * j, xb + 64 * j + 32, d * np.float32(sc0), d * np.float32(sc1),
-                                 row, o + 16 + 32 * j, np.float32(0.0), 32)
-        elif code == 14:  # ql[128], qh[64], scales[16] int8, d
-            o = 210 * ib
-            d = load_f16(row, o + 208)
-            for s in range(16):  # 16 elements: half h, quarter k (nibble and qh bit pair), part p
-                h, k, p = s // 8, (s // 2) % 4, s % 2
-                f = d * np.float32(np.int8(row[o + 192 + s]))
-                _seg(acc, x, xb + 16 * s, f, row, o + 64 * h + 32 * (k % 2) + 16 * p, 4 * (k // 2), 15,
-                     o + 128 + 32 * h + 16 * p, 2 * k, 3, 4, 32, 16)
-        else:  # Q2_K: scales[16], qs[64], d, dmin; Q3_K: hmask[32], qs[64], scales[12], d
-            o = (84 if code == 10 else 110) * ib
-            qbase = o + (16 if code == 10 else 32)
-            d = load_f16(row, o + (80 if code == 10 else 108))
-            for s in range(16):  # 16 elements: half h, bit pair j, part p
-                h, j, p = s // 8, (s // 2) % 4, s % 2
-                qo = qbase + 32 * h + 16 * p
-                if code == 10:
-                    b = np.int64(row[o + s])
-                    _seg(acc, x, xb + 16 * s, d * np.float32(b & 15), row, qo, 2 * j, 3, qo, 0, 0, 0, 0, 16)
-                    offset += load_f16(row, o + 82) * np.float32(b >> 4) * xsum[16 * ib + s]
-                else:
-                    f = d * np.float32(q3k_scale(row, o + 96, s))
-                    _seg(acc, x, xb + 16 * s, f, row, qo, 2 * j, 3, o + 16 * p, 4 * h + j, 1, 2, 4, 16)
-    return offset
-
-
-@jit
-def _dot_float(code, row, x, acc):
-    """F32, F16, BF16, in 32-element segments (any row length)."""
-    n = x.shape[0]
-    for i in range(0, n, 32):
-        for l in range(min(32, n - i)):  # hot loop
-            j = i + l
-            if code == 0:
-                w = load_f32(row, 4 * j)
-            elif code == 1:
-                w = load_f16(row, 2 * j)
-            else:
-                w = load_bf16(row, 2 * j)
-            acc[l] += w * x[j]
-
-
-@jit
-def row_dot(code, row, x, xsum, acc):
-    """Dot of one quantized row of GGMLType `code` with x (n_cols,); acc: float32 scratch (64,)."""
+@row_jit
+def dot_q4_0(row, x, xsum, acc):  # d, qs[16]; value d (q - 8)
     acc[:] = 0.0
     offset = np.float32(0.0)
-    if code == 0 or code == 1 or code == 30:
-        _dot_float(code, row, x, acc)
-    elif code >= 10:
-        offset = _dot_kquant(code, row, x, xsum, acc)
-    else:
-        offset = _dot_32block(code, row, x, xsum, acc)
+    for ib in range(x.shape[0] // 32):
+        d = load_f16(row, 18 * ib)
+        offset += np.float32(8.0) * d * xsum[ib]
+        _seg_nibbles(acc, x, 32 * ib, d, d, row, 18 * ib + 2, 16)
     return acc.sum() - offset
+
+
+@row_jit
+def dot_q4_1(row, x, xsum, acc):  # d, m, qs[16]; value d q + m
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 32):
+        d = load_f16(row, 20 * ib)
+        offset -= load_f16(row, 20 * ib + 2) * xsum[ib]
+        _seg_nibbles(acc, x, 32 * ib, d, d, row, 20 * ib + 4, 16)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q5_0(row, x, xsum, acc):  # d, qh[4], qs[16]; value d (q - 16)
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 32):
+        o = 22 * ib
+        d = load_f16(row, o)
+        offset += _F16 * d * xsum[ib]
+        _seg_q5(acc, x, 32 * ib, d, row, o + 6, _u32(row, o + 2))
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q5_1(row, x, xsum, acc):  # d, m, qh[4], qs[16]; value d q + m
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 32):
+        o = 24 * ib
+        offset -= load_f16(row, o + 2) * xsum[ib]
+        _seg_q5(acc, x, 32 * ib, load_f16(row, o), row, o + 8, _u32(row, o + 4))
+    return acc.sum() - offset
+
+
+@inline
+def _k4_offset(row, o, xsum, s0):
+    """dmin * sum over the 8 sub-blocks of m[s] * xsum[s0 + s] (Q4_K, Q5_K)."""
+    total = np.float32(0.0)
+    for s in range(8):
+        total += np.float32(scale_min_k4(row, o + 4, s)[1]) * xsum[s0 + s]
+    return load_f16(row, o + 2) * total
+
+
+@row_jit
+def dot_q4_k(row, x, xsum, acc):  # d, dmin, scales[12], qs[128]
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 256):
+        o = 144 * ib
+        d = load_f16(row, o)
+        offset += _k4_offset(row, o, xsum, 8 * ib)
+        for j in range(4):  # chunk j: sub-block 2j in the low nibbles, 2j+1 in the high ones
+            f0 = d * np.float32(scale_min_k4(row, o + 4, 2 * j)[0])
+            f1 = d * np.float32(scale_min_k4(row, o + 4, 2 * j + 1)[0])
+            _seg_nibbles(acc, x, 256 * ib + 64 * j, f0, f1, row, o + 16 + 32 * j, 32)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q5_k(row, x, xsum, acc):  # d, dmin, scales[12], qh[32], qs[128]
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 256):
+        o = 176 * ib
+        d = load_f16(row, o)
+        offset += _k4_offset(row, o, xsum, 8 * ib)
+        for j in range(4):
+            f0 = d * np.float32(scale_min_k4(row, o + 4, 2 * j)[0])
+            f1 = d * np.float32(scale_min_k4(row, o + 4, 2 * j + 1)[0])
+            _seg_q5k(acc, x, 256 * ib + 64 * j, f0, f1, row, o + 48 + 32 * j, o + 16, j)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q6_k(row, x, xsum, acc):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 256):
+        o = 210 * ib
+        d = load_f16(row, o + 208)
+        for h in range(2):
+            for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3
+                s = 8 * h + p
+                f0 = d * np.float32(np.int8(row[o + 192 + s]))
+                f1 = d * np.float32(np.int8(row[o + 194 + s]))
+                f2 = d * np.float32(np.int8(row[o + 196 + s]))
+                f3 = d * np.float32(np.int8(row[o + 198 + s]))
+                t = 16 * ib + s
+                offset += np.float32(32.0) * (f0 * xsum[t] + f1 * xsum[t + 2] + f2 * xsum[t + 4] + f3 * xsum[t + 6])
+                _seg_q6(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + 64 * h + 16 * p,
+                        o + 128 + 32 * h + 16 * p)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q2_k(row, x, xsum, acc):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 256):
+        o = 84 * ib
+        d, dmin = load_f16(row, o + 80), load_f16(row, o + 82)
+        for s in range(16):
+            offset += dmin * np.float32(np.int64(row[o + s]) >> 4) * xsum[16 * ib + s]
+        for h in range(2):
+            for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3
+                s = o + 8 * h + p
+                f0, f1 = d * np.float32(np.int64(row[s]) & 15), d * np.float32(np.int64(row[s + 2]) & 15)
+                f2, f3 = d * np.float32(np.int64(row[s + 4]) & 15), d * np.float32(np.int64(row[s + 6]) & 15)
+                qo = o + 16 + 32 * h + 16 * p
+                _seg_q2(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, qo)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_q3_k(row, x, xsum, acc):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
+    acc[:] = 0.0
+    offset = np.float32(0.0)
+    for ib in range(x.shape[0] // 256):
+        o = 110 * ib
+        d = load_f16(row, o + 108)
+        for h in range(2):
+            for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3; high bit 4h + k of hmask[16p + l]
+                s = 8 * h + p
+                f0, f1 = d * np.float32(q3k_scale(row, o + 96, s)), d * np.float32(q3k_scale(row, o + 96, s + 2))
+                f2, f3 = d * np.float32(q3k_scale(row, o + 96, s + 4)), d * np.float32(q3k_scale(row, o + 96, s + 6))
+                t = 16 * ib + s
+                offset += _F4 * (f0 * xsum[t] + f1 * xsum[t + 2] + f2 * xsum[t + 4] + f3 * xsum[t + 6])
+                _seg_q3(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + 32 + 32 * h + 16 * p,
+                        o + 16 * p, 4 * h)
+    return acc.sum() - offset
+
+
+@row_jit
+def dot_f32(row, x, xsum, acc):
+    w = row.view(np.float32)
+    total = np.float32(0.0)
+    for j in range(x.shape[0]):  # hot loop
+        total += w[j] * x[j]
+    return total
+
+
+@row_jit
+def dot_f16(row, x, xsum, acc):
+    total = np.float32(0.0)
+    for j in range(x.shape[0]):  # hot loop
+        total += load_f16(row, 2 * j) * x[j]
+    return total
+
+
+@row_jit
+def dot_bf16(row, x, xsum, acc):
+    total = np.float32(0.0)
+    for j in range(x.shape[0]):  # hot loop
+        total += load_bf16(row, 2 * j) * x[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def row_dot(code, row, x, xsum, acc):
+    """Dot of one row (row_bytes,) uint8 of GGMLType `code` with x (n_cols,); xsum: x summed per sub-block
+    (quant.kernel_blocks.layout); acc: float32 scratch (ACC,). The type branch runs once per row."""
+    if code == 12:
+        return dot_q4_k(row, x, xsum, acc)
+    if code == 14:
+        return dot_q6_k(row, x, xsum, acc)
+    if code == 8:
+        return dot_q8_0(row, x, xsum, acc)
+    if code == 6:
+        return dot_q5_0(row, x, xsum, acc)
+    if code == 3:
+        return dot_q4_1(row, x, xsum, acc)
+    if code == 2:
+        return dot_q4_0(row, x, xsum, acc)
+    if code == 0:
+        return dot_f32(row, x, xsum, acc)
+    if code == 7:
+        return dot_q5_1(row, x, xsum, acc)
+    if code == 13:
+        return dot_q5_k(row, x, xsum, acc)
+    if code == 10:
+        return dot_q2_k(row, x, xsum, acc)
+    if code == 11:
+        return dot_q3_k(row, x, xsum, acc)
+    if code == 1:
+        return dot_f16(row, x, xsum, acc)
+    return dot_bf16(row, x, xsum, acc)

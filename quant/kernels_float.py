@@ -9,24 +9,20 @@ activation's sub-block sums, computed once per matvec. matmul: rows are decoded 
 import numpy as np
 from numba import njit, prange
 
-from . import fused_dot
 from .dequant import dequantize
+from .fused_dot import ACC, row_dot
 
-FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorizes reductions; keeps inf/NaN semantics
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def _row_dot(code, row, x, xsum, acc):
-    # one call per row: a separate fastmath function, so that LLVM vectorizes the inlined segment loops
-    return fused_dot.row_dot(code, row, x, xsum, acc)
+ROWS_PER_TASK = 16  # rows per prange iteration: one scratch allocation each
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def matvec(raw, code, x, xsum, y):
     """y (n_rows,) = W x; raw (n_rows, row_bytes) uint8 of GGMLType `code`, x (n_cols,), xsum (n_cols // sub,)."""
-    for r in prange(raw.shape[0]):
-        acc = np.empty(64, np.float32)
-        y[r] = _row_dot(code, raw[r], x, xsum, acc)
+    n = raw.shape[0]
+    for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        acc = np.empty(ACC, np.float32)  # the row dots' lane accumulators
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            y[r] = row_dot(code, raw[r], x, xsum, acc)
 
 
 def sub_sums(x: np.ndarray, sub: int) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import quantize_q8_0, quantize_q8_k
+from .fused_dot import FAST
 from .kernel_blocks import MAX_SUB, decode_block
-from .kernels_float import FAST, sub_sums
+from .kernels_float import sub_sums
 from .types import QK_K
 
 
