@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import archs
 from .errors import ConvertError, UnsupportedError
 from .gguf_out import (
@@ -91,11 +93,29 @@ def _check_tensors(ckpt: Checkpoint, expected: dict):
                                f"{tuple(spec.shape)}")
 
 
-def _producer(ckpt: Checkpoint, hf_name: str, spec, qtype):
-    def produce():
+def _producer(ckpt: Checkpoint, parts: list, qtype):
+    """parts: [(hf_name, HFTensor)], one, or a stacked tensor's slices in expert order (each encoded alone)."""
+    def encoded(hf_name, spec):
         x = ckpt.load(hf_name)  # float32, one tensor
         return encode(spec.transform(x) if spec.transform else x, qtype)
+
+    def produce():
+        if parts[0][1].expert is None:
+            return encoded(*parts[0])
+        return np.stack([encoded(*part) for part in parts])  # (n_expert, n_rows, row_bytes)
     return produce
+
+
+def _gguf_tensors(expected: dict) -> list:
+    """(GGUF name, shape, [(hf_name, HFTensor)]) in file order; stacked slices grouped in expert order."""
+    groups = {}
+    for hf, spec in sorted(expected.items(), key=lambda t: t[1].expert or 0):
+        groups.setdefault(spec.gguf, []).append((hf, spec))
+    out = []
+    for gguf_name, parts in groups.items():
+        spec = parts[0][1]
+        out.append((gguf_name, spec.shape if spec.expert is None else (len(parts), *spec.shape), parts))
+    return sorted(out, key=lambda t: _order(t[0]))
 
 
 def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = False, dry_run: bool = False,
@@ -117,14 +137,13 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
     metadata += general_metadata(cfg.get("_name_or_path") or model_dir.name, s.file_type)
     metadata += [typed(k, v) for k, v in vocab_metadata(model_dir, cfg).items()]
 
-    by_gguf = sorted(((spec.gguf, hf, spec) for hf, spec in expected.items()), key=lambda t: _order(t[0]))
+    by_gguf = _gguf_tensors(expected)
     has_output = any(g == "output.weight" for g, _, _ in by_gguf)
     chooser = TypeChooser(s, int(cfg.get("num_hidden_layers", 0)), has_output, int(cfg.get("num_local_experts", 0)))
     tensors = []
-    for gguf_name, hf_name, spec in by_gguf:
-        qtype, note = chooser.choose(gguf_name, spec.shape)
-        tensors.append(PlannedTensor(gguf_name, tuple(spec.shape), qtype,
-                                     _producer(ckpt, hf_name, spec, qtype), note))
+    for gguf_name, shape, parts in by_gguf:
+        qtype, note = chooser.choose(gguf_name, shape)
+        tensors.append(PlannedTensor(gguf_name, tuple(shape), qtype, _producer(ckpt, parts, qtype), note))
     notes = [t.note for t in tensors if t.note]
     text = summary(tensors)
     if dry_run:

@@ -23,6 +23,7 @@ class HFTensor:
     gguf: str  # GGUF tensor name
     shape: tuple  # expected numpy shape in the checkpoint
     transform: Callable | None = None  # float32 array -> float32 array (same shape)
+    expert: int | None = None  # slice `expert` of a GGUF tensor stacking n_expert HF tensors on a new first axis
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,21 @@ def llama_layer(d: Dims) -> dict:
     }
 
 
+def moe_layer(d: Dims, n_expert: int) -> dict:
+    """llama_layer with Mixtral's `block_sparse_moe` (router `gate`, experts' w1/w3/w2 = gate/up/down, stacked
+    into `ffn_{gate,up,down}_exps`) in place of the MLP; entries (GGUF suffix, shape, expert index)."""
+    layer = {k: v for k, v in llama_layer(d).items() if not k.startswith("mlp.")}
+    layer["block_sparse_moe.gate.weight"] = ("ffn_gate_inp.weight", (n_expert, d.n_embd))
+    for e in range(n_expert):
+        for w, gg, shape in (("w1", "ffn_gate_exps", (d.n_ff, d.n_embd)), ("w3", "ffn_up_exps", (d.n_ff, d.n_embd)),
+                             ("w2", "ffn_down_exps", (d.n_embd, d.n_ff))):
+            layer[f"block_sparse_moe.experts.{e}.{w}.weight"] = (gg + ".weight", shape, e)
+    return layer
+
+
 def decoder_tensors(d: Dims, layer: dict, transforms: dict | None = None) -> dict:
-    """Every HF tensor of a decoder: embeddings, final norm, `lm_head` unless tied, and `layer` per block.
+    """Every HF tensor of a decoder: embeddings, final norm, `lm_head` unless tied, and `layer` per block
+    (entries (GGUF suffix, shape) or (GGUF suffix, shape, expert index)).
     transforms maps a GGUF suffix ('attn_q.weight', 'output_norm.weight', ...) to a function."""
     transforms = transforms or {}
     out = {
@@ -132,8 +146,8 @@ def decoder_tensors(d: Dims, layer: dict, transforms: dict | None = None) -> dic
     if not d.tied:
         out["lm_head.weight"] = HFTensor("output.weight", (d.n_vocab, d.n_embd))
     for i in range(d.n_layer):
-        for hf, (gg, shape) in layer.items():
-            out[f"model.layers.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg))
+        for hf, (gg, shape, *expert) in layer.items():
+            out[f"model.layers.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg), *expert)
     return out
 
 

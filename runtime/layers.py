@@ -203,6 +203,56 @@ def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None =
     return out
 
 
+def mlp(h: np.ndarray, w_up: QMatrix, w_down: QMatrix, w_gate: QMatrix | None, act, up: np.ndarray,
+        gate: np.ndarray, out: np.ndarray, b_up: np.ndarray | None = None,
+        b_down: np.ndarray | None = None) -> np.ndarray:
+    """h (n, n_embd) -> out (n, n_embd) = down(act(gate(h)) * up(h)), or down(act(up(h))) without a gate.
+    up, gate: (n, n_ff) scratch."""
+    u = linear(w_up, h, up, b_up)
+    if w_gate is None:
+        act(u)
+    else:
+        u *= act(linear(w_gate, h, gate))
+    return linear(w_down, u, out, b_down)
+
+
+@dataclass
+class MoE:
+    """Top-k routed mixture of gated experts (Mixtral): softmax over the router logits, the k most probable
+    experts, their probabilities renormalized to sum 1, a weighted sum of those experts' outputs.
+
+    Experts are per-expert QMatrix views (slices of the stacked map): only the routed experts' bytes are read.
+    A batch is grouped by expert, each expert multiplying the rows of the tokens routed to it."""
+    router: QMatrix  # (n_expert, n_embd)
+    gate: list  # n_expert QMatrix (n_ff, n_embd)
+    up: list  # n_expert QMatrix (n_ff, n_embd)
+    down: list  # n_expert QMatrix (n_embd, n_ff)
+    n_used: int
+
+    def route(self, h: np.ndarray) -> tuple:
+        """h (n, n_embd) -> (experts (n, k) int, weights (n, k) float32), most probable first."""
+        logits = linear(self.router, h, np.empty((h.shape[0], self.router.n_rows), np.float32))  # (n, n_expert)
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)  # softmax's denominator cancels in the renormalization
+        experts = np.argsort(-probs, axis=1, kind="stable")[:, :self.n_used]  # (n, k)
+        weights = np.take_along_axis(probs, experts, axis=1)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return experts, weights
+
+    def __call__(self, h: np.ndarray, act, up: np.ndarray, gate: np.ndarray, out: np.ndarray) -> np.ndarray:
+        # h (n, n_embd) -> out (n, n_embd); up, gate (n, n_ff) scratch
+        experts, weights = self.route(h)
+        out[:] = 0
+        for e in np.unique(experts):
+            rows, slot = np.nonzero(experts == e)  # tokens routed to e (each at most once)
+            m = rows.size
+            y = mlp(h[rows], self.up[e], self.down[e], self.gate[e], act, up[:m], gate[:m],
+                    np.empty((m, out.shape[1]), np.float32))  # (m, n_embd)
+            y *= weights[rows, slot][:, None]
+            out[rows] += y
+        return out
+
+
 # ---- the decoder layer -------------------------------------------------------------------------
 
 class Buffers:
@@ -226,9 +276,10 @@ class LayerWeights:
     wv: QMatrix
     wo: QMatrix
     ffn_norm: Norm
-    w_up: QMatrix
-    w_down: QMatrix
+    w_up: QMatrix | None  # None in a mixture-of-experts layer
+    w_down: QMatrix | None
     w_gate: QMatrix | None = None  # None: plain MLP act(up(x))
+    moe: MoE | None = None  # replaces w_up, w_down, w_gate
     b_up: np.ndarray | None = None
     b_down: np.ndarray | None = None
     bq: np.ndarray | None = None
@@ -268,12 +319,11 @@ class DecoderLayer:
         self._residual(linear(w.wo, b.att, b.o, w.bo), w.post_attn_norm, b.x)
 
         h = w.ffn_norm(b.x, b.h)
-        u = linear(w.w_up, h, b.up, w.b_up)
-        if w.w_gate is None:
-            self.act(u)
+        if w.moe is None:
+            y = mlp(h, w.w_up, w.w_down, w.w_gate, self.act, b.up, b.gate, b.o, w.b_up, w.b_down)
         else:
-            u *= self.act(linear(w.w_gate, h, b.gate))
-        self._residual(linear(w.w_down, u, b.o, w.b_down), w.post_ffn_norm, b.x)
+            y = w.moe(h, self.act, b.up, b.gate, b.o)
+        self._residual(y, w.post_ffn_norm, b.x)
 
     @staticmethod
     def _residual(y: np.ndarray, post_norm: Norm | None, x: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from quant import TYPES, GGMLType, QMatrix, dequantize
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, UnsupportedError
 from .gguf import GGUFFile
-from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, Norm, RoPE, linear
+from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, linear
 
 DEFAULT_MAX_CTX = 4096
 UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
@@ -37,10 +37,23 @@ class _Weights:
         t = self._get(name, (n_rows, n_cols), required)
         if t is None:
             return None
-        if t.qtype not in MATRIX_TYPES:
-            raise UnsupportedError(f"tensor {name!r} has type {t.qtype.name}, which llamba cannot multiply "
-                                   f"(supported: {', '.join(sorted(x.name for x in MATRIX_TYPES))})")
+        self._check_type(name, t.qtype)
         return QMatrix(t.raw, t.qtype, n_cols)
+
+    @staticmethod
+    def _check_type(name: str, qtype) -> None:
+        if qtype not in MATRIX_TYPES:
+            raise UnsupportedError(f"tensor {name!r} has type {qtype.name}, which llamba cannot multiply "
+                                   f"(supported: {', '.join(sorted(x.name for x in MATRIX_TYPES))})")
+
+    def experts(self, prefix: str, n_expert: int, n_rows: int, n_cols: int) -> list:
+        """n_expert QMatrix views of `{prefix}_exps.weight` (n_expert, n_rows, n_cols), one slice per expert,
+        or of older files' per-expert `{prefix}.E.weight`; nothing is read until an expert is used."""
+        t = self._get(prefix + "_exps.weight", (n_expert, n_rows, n_cols), False)
+        if t is None:
+            return [self.matrix(f"{prefix}.{e}.weight", n_rows, n_cols) for e in range(n_expert)]
+        self._check_type(prefix + "_exps.weight", t.qtype)
+        return [QMatrix(t.raw[e], t.qtype, n_cols) for e in range(n_expert)]  # raw[e]: (n_rows, row_bytes)
 
     def vector(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
         t = self._get(name, (n,), required)
@@ -72,11 +85,23 @@ def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
         q_norm=w.norm(p + "attn_q_norm", hd, eps, False), k_norm=w.norm(p + "attn_k_norm", hd, eps, False),
         post_attn_norm=w.norm(p + "post_attention_norm", d, eps, False),
         ffn_norm=w.norm(p + "ffn_norm", d, eps),
-        w_gate=w.matrix(p + "ffn_gate.weight", c.n_ff, d, False), w_up=w.matrix(p + "ffn_up.weight", c.n_ff, d),
-        w_down=w.matrix(p + "ffn_down.weight", d, c.n_ff),
+        **(_moe_weights(w, c, p) if c.n_expert else _mlp_weights(w, c, p)),
         b_up=w.vector(p + "ffn_up.bias", c.n_ff, False), b_down=w.vector(p + "ffn_down.bias", d, False),
         post_ffn_norm=w.norm(p + "post_ffw_norm", d, eps, False),
     )
+
+
+def _mlp_weights(w: _Weights, c, p: str) -> dict:
+    return dict(w_gate=w.matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd, False),
+                w_up=w.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd),
+                w_down=w.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff))
+
+
+def _moe_weights(w: _Weights, c, p: str) -> dict:
+    d, ff, n = c.n_embd, c.n_ff, c.n_expert
+    moe = MoE(router=w.matrix(p + "ffn_gate_inp.weight", n, d), gate=w.experts(p + "ffn_gate", n, ff, d),
+              up=w.experts(p + "ffn_up", n, ff, d), down=w.experts(p + "ffn_down", n, d, ff), n_used=c.n_expert_used)
+    return dict(w_up=None, w_down=None, moe=moe)
 
 
 class Model:

@@ -17,6 +17,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -43,6 +45,7 @@ MODELS = {
     "llama": (LlamaConfig, LlamaForCausalLM, {}),
     "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 4096}),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"tie_word_embeddings": True}),
+    "mixtral": (MixtralConfig, MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 64, "query_pre_attn_scalar": 64}),
 }
 
@@ -118,6 +121,11 @@ def checkpoint_fixture(**overrides):
             return made[kind, fmt]
         return get
     return checkpoints
+
+
+def transformers_logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(tokens)[None]).logits[0].double().numpy()  # (n_tokens, n_vocab)
 
 
 def llamba_logits(path, tokens) -> np.ndarray:

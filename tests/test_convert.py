@@ -14,7 +14,6 @@ import json
 import numpy as np
 import pytest
 import sentencepiece as spm
-import torch
 from hf_models import (
     BOS,
     TEXT,
@@ -24,6 +23,7 @@ from hf_models import (
     load_tool,
     save_model,
     sentencepiece_tokenizer,
+    transformers_logits,
 )
 from safetensors.numpy import load_file, save_file
 from transformers import AutoTokenizer
@@ -37,11 +37,6 @@ from runtime.tokenizer import Tokenizer as LlambaTokenizer
 convert_main = load_tool("convert").main
 N_TOKENS = 40
 checkpoints = checkpoint_fixture()
-
-
-def reference_logits(model, tokens) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor(tokens)[None]).logits[0].double().numpy()  # (n_tokens, n_vocab)
 
 
 @pytest.mark.parametrize("kind,fmt,outtype,min_corr", [
@@ -63,7 +58,7 @@ def test_logits_match_transformers(checkpoints, tmp_path, kind, fmt, outtype, mi
     result = convert(d, out, outtype, progress=False, log=lambda s: None)
     assert result.path == out and out.is_file() and not list(tmp_path.glob(".*partial"))
     tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)
-    ref, got = reference_logits(model, tokens), llamba_logits(out, tokens)
+    ref, got = transformers_logits(model, tokens), llamba_logits(out, tokens)
     assert got.shape == ref.shape
     if min_corr is None:
         rel = np.abs(got - ref).max() / np.abs(ref).max()
@@ -110,8 +105,8 @@ def test_bpe_pre_tokenizers(tmp_path, pre):
 
 
 def test_sentencepiece_tokenizer(checkpoints, tmp_path):
-    """The mistral checkpoint carries a SentencePiece tokenizer.model; the oracle is the sentencepiece library
-    (what transformers' LlamaTokenizer runs; its slow path needs protobuf, which is not installed)."""
+    """The mistral checkpoint carries a SentencePiece tokenizer.model: ids equal transformers' tokenizer of the
+    checkpoint and the sentencepiece library's own encoding."""
     d, _ = checkpoints("mistral", "pytorch")
     convert(d, tmp_path / "m.gguf", "f32", progress=False, log=lambda s: None)
     with GGUFFile(tmp_path / "m.gguf") as g:
@@ -120,6 +115,7 @@ def test_sentencepiece_tokenizer(checkpoints, tmp_path):
         ours = LlambaTokenizer.from_gguf(g.metadata)
     sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
     assert ours.encode(TEXT) == [sp.bos_id()] + sp.encode(TEXT)
+    assert ours.encode(TEXT) == AutoTokenizer.from_pretrained(d)(TEXT)["input_ids"]
 
 
 def test_bpe_without_merges_is_refused(tmp_path):

@@ -78,6 +78,8 @@ class DecoderConfig:
     attn_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     sliding_window: int = 0  # 0: every layer attends to the whole context
     final_logit_softcap: float = 0.0  # 0: off; else logits = cap * tanh(logits / cap)
+    n_expert: int = 0  # 0: dense feed-forward; else a mixture of n_expert experts (n_ff each)
+    n_expert_used: int = 0  # experts routed to per token
 
     @classmethod
     def read(cls, md: dict, arch: str, **overrides):
@@ -101,6 +103,7 @@ class DecoderConfig:
             rope_scaling=RopeScaling.from_metadata(md, arch),
             sliding_window=meta(md, p + "attention.sliding_window", 0, int),
             final_logit_softcap=meta(md, p + "final_logit_softcapping", 0.0, float),
+            n_expert=meta(md, p + "expert_count", 0, int), n_expert_used=meta(md, p + "expert_used_count", 0, int),
         )
         fields.update(overrides)
         config = cls(**fields)
@@ -115,6 +118,9 @@ class DecoderConfig:
             raise GGUFError(f"{self.arch}: rope.dimension_count {self.n_rot} must be even and <= {self.head_dim}")
         if self.sliding_window < 0:
             raise GGUFError(f"{self.arch}: attention.sliding_window must be >= 0, got {self.sliding_window}")
+        if self.n_expert and not 0 < self.n_expert_used <= self.n_expert:
+            raise GGUFError(f"{self.arch}: expert_used_count {self.n_expert_used} must lie in 1..expert_count "
+                            f"{self.n_expert}")
 
     @property
     def scale(self) -> float:

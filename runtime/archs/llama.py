@@ -1,4 +1,5 @@
-"""llama (and Mistral-style sliding window): RMSNorm, SwiGLU, normal RoPE (adjacent pairs).
+"""llama (and Mistral-style sliding window, Mixtral's mixture of experts): RMSNorm, SwiGLU, normal RoPE
+(adjacent pairs).
 
 The GGUF converter permutes Q/K rows from Hugging Face's rotate-half order into adjacent pairs, so
 llama applies normal RoPE where qwen2 and gemma3 (unpermuted) apply neox RoPE."""
@@ -18,7 +19,7 @@ class Config(DecoderConfig):
 
 
 # --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
-HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 
 
 def hf_metadata(cfg: dict) -> dict:
@@ -26,15 +27,27 @@ def hf_metadata(cfg: dict) -> dict:
     md = decoder_metadata(cfg, dims(cfg), rope_params(cfg))
     if cfg.get("sliding_window"):  # Mistral
         md["attention.sliding_window"] = int(cfg["sliding_window"])
+    if "num_local_experts" in cfg:  # Mixtral
+        md["expert_count"], md["expert_used_count"] = _experts(cfg)
     return md
+
+
+def _experts(cfg: dict) -> tuple:
+    """(num_local_experts, num_experts_per_tok) of a Mixtral config.json."""
+    from ..errors import ConvertError
+    n, k = cfg.get("num_local_experts"), cfg.get("num_experts_per_tok")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k)) or not 0 < k <= n:
+        raise ConvertError(f"config.json num_experts_per_tok {k!r} must be an integer in 1..num_local_experts {n!r}")
+    return n, k
 
 
 def hf_tensors(cfg: dict) -> dict:
     """Q/K rows permuted from rotate-half to adjacent pairs (normal RoPE, see the module docstring)."""
     from ..errors import UnsupportedError
-    from ..hf_layout import decoder_tensors, dims, llama_layer, permute_rope
+    from ..hf_layout import decoder_tensors, dims, llama_layer, moe_layer, permute_rope
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise UnsupportedError("llama checkpoints with attention_bias or mlp_bias are not supported")
     d = dims(cfg)
-    return decoder_tensors(d, llama_layer(d), {"attn_q.weight": permute_rope(d.n_head),
-                                               "attn_k.weight": permute_rope(d.n_head_kv)})
+    layer = moe_layer(d, _experts(cfg)[0]) if "num_local_experts" in cfg else llama_layer(d)
+    return decoder_tensors(d, layer, {"attn_q.weight": permute_rope(d.n_head),
+                                      "attn_k.weight": permute_rope(d.n_head_kv)})
