@@ -177,6 +177,27 @@ def test_rope_scaling_matches_transformers(kind, params):
     assert mscale == pytest.approx(attn_factor)
 
 
+def test_llama3_rope_freqs_match_transformers():
+    """Llama 3.1 GGUFs carry llama3 RoPE scaling as a `rope_freqs` tensor of per-pair divisors, written by
+    llama.cpp's converter as 1 / (transformers' inv_freq / unscaled freq); the runtime divides by it."""
+    base, head_dim = 500000.0, 128
+    params = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=1024, num_attention_heads=8, max_position_embeddings=131072,
+                         rope_parameters={"rope_theta": base, **params})
+    inv_freq = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")[0].double().numpy()  # (head_dim/2,)
+    plain, _ = rope_frequencies(head_dim, base)
+    # llama.cpp's converter: wavelengths shorter than original/high_freq_factor keep their frequency (factor 1),
+    # longer than original/low_freq_factor are divided by `factor`, a smooth blend in between
+    wavelen = 2 * np.pi / plain
+    smooth = (params["original_max_position_embeddings"] / wavelen - 1.0) / (4.0 - 1.0)
+    rope_freqs = np.where(wavelen < 8192 / 4.0, 1.0,
+                          np.where(wavelen > 8192 / 1.0, 8.0, 1 / ((1 - smooth) / 8.0 + smooth)))
+    freqs, mscale = rope_frequencies(head_dim, base, None, rope_freqs.astype(np.float32))
+    np.testing.assert_allclose(freqs, inv_freq, rtol=1e-6)
+    assert mscale == 1.0 and (rope_freqs > 1).any() and (rope_freqs == 1).any()
+
+
 def test_layer_norm_matches_torch(rng):
     x = rng.standard_normal((5, 3, 48)).astype(np.float32)
     w, b = rng.standard_normal(48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
