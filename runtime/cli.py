@@ -188,6 +188,7 @@ PLUGINS = {
     "convert": ("runtime.convert", "run_args", "convert a Hugging Face model directory to GGUF"),
     "quantize": ("runtime.quantize_file", "run_args", "re-quantize a GGUF file to another type or K-quant mix"),
     "bench": ("runtime.bench", "main", "prompt processing and generation speed (llama-bench style)"),
+    "perplexity": ("runtime.perplexity", "run_args", "perplexity of a model over a text file (llama.cpp's method)"),
 }
 
 

@@ -105,3 +105,45 @@ def text_perplexity(model, tokenizer, text: str, n_ctx: int = DEFAULT_N_CTX, n_c
     """Tokenize `text` as llama.cpp does (model's BOS rule, control-token text left as text) and measure it."""
     tokens = tokenizer.encode(text, special=False)
     return perplexity(model, tokens, n_ctx, n_chunks, tokenizer.bos_id if tokenizer.add_bos else None, on_chunk)
+
+
+# ---- `llamba perplexity` / tools/perplexity.py ----------------------------------------------------------------
+
+def add_arguments(p):
+    p.add_argument("-m", "--model", default=None, help="GGUF path or known model name (default: the default model)")
+    p.add_argument("-f", "--file", required=True, help="text file to score (UTF-8)")
+    p.add_argument("-c", "--ctx-size", type=int, default=DEFAULT_N_CTX,
+                   help="tokens per chunk; the second half of each is scored (default: %(default)s)")
+    p.add_argument("--chunks", type=int, default=None, help="score at most this many chunks (default: all)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all cores)")
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlambaError(f"cannot read {path}: {e}") from None
+
+
+def run_args(args) -> int:
+    """Print the running estimate after each chunk (`[1]12.3456,[2]...`) and `Final estimate: PPL = x +/- y`."""
+    import sys
+
+    import numba
+
+    from .llm import check_threads, resolve_model
+    from .model import load_model
+    from .tokenizer import Tokenizer
+
+    threads = check_threads(args.threads)
+    if threads is not None:
+        numba.set_num_threads(threads)
+    text = _read_text(args.file)
+    model = load_model(resolve_model(args.model), n_ctx=args.ctx_size)
+    tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
+    print(f"perplexity: {args.file}, chunks of {args.ctx_size} tokens", file=sys.stderr)
+    result = text_perplexity(model, tokenizer, text, args.ctx_size, args.chunks,
+                             on_chunk=lambda i, ppl: print(f"[{i}]{ppl:.4f},", end="", flush=True))
+    print(f"\n{result.summary()}")
+    return 0
