@@ -130,3 +130,14 @@ def transformers_logits(model, tokens) -> np.ndarray:
 
 def llamba_logits(path, tokens) -> np.ndarray:
     return load_model(path).forward(np.asarray(tokens), 0, all_logits=True).astype(np.float64)
+
+
+def assert_logits_match(got: np.ndarray, ref: np.ndarray, min_corr: float | None, label: str):
+    """min_corr None: float types, max relative error < 1e-4; else Pearson correlation >= min_corr."""
+    assert got.shape == ref.shape
+    if min_corr is None:
+        rel = np.abs(got - ref).max() / np.abs(ref).max()
+        assert rel < 1e-4, f"{label}: max relative error {rel:.2e}"
+    else:
+        corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
+        assert corr >= min_corr, f"{label}: correlation {corr:.5f}"

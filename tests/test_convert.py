@@ -17,6 +17,7 @@ import sentencepiece as spm
 from hf_models import (
     BOS,
     TEXT,
+    assert_logits_match,
     bpe_tokenizer,
     checkpoint_fixture,
     llamba_logits,
@@ -58,14 +59,7 @@ def test_logits_match_transformers(checkpoints, tmp_path, kind, fmt, outtype, mi
     result = convert(d, out, outtype, progress=False, log=lambda s: None)
     assert result.path == out and out.is_file() and not list(tmp_path.glob(".*partial"))
     tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)
-    ref, got = transformers_logits(model, tokens), llamba_logits(out, tokens)
-    assert got.shape == ref.shape
-    if min_corr is None:
-        rel = np.abs(got - ref).max() / np.abs(ref).max()
-        assert rel < 1e-4, f"{kind} {outtype}: max relative error {rel:.2e}"
-    else:
-        corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
-        assert corr >= min_corr, f"{kind} {outtype}: correlation {corr:.5f}"
+    assert_logits_match(llamba_logits(out, tokens), transformers_logits(model, tokens), min_corr, f"{kind} {outtype}")
 
 
 def test_metadata_and_types(checkpoints, tmp_path):

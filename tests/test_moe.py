@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hf_models import checkpoint_fixture, llamba_logits, transformers_logits
+from hf_models import assert_logits_match, checkpoint_fixture, llamba_logits, transformers_logits
 from safetensors.numpy import load_file
 
 from quant import GGMLType, QMatrix, quantize
@@ -139,14 +139,7 @@ def test_logits_match_transformers(mixtral, tmp_path, outtype, min_corr):
         path = tmp_path / f"{outtype}.gguf"
         convert(d, path, outtype, progress=False, log=lambda s: None)
     tokens = _tokens(model)
-    ref, got = transformers_logits(model, tokens), llamba_logits(path, tokens)
-    assert got.shape == ref.shape
-    if min_corr is None:
-        rel = np.abs(got - ref).max() / np.abs(ref).max()
-        assert rel < 1e-4, f"mixtral f32: max relative error {rel:.2e}"
-    else:
-        corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
-        assert corr >= min_corr, f"mixtral {outtype}: correlation {corr:.5f}"
+    assert_logits_match(llamba_logits(path, tokens), transformers_logits(model, tokens), min_corr, f"mixtral {outtype}")
 
 
 def test_kv_cache_decoding_equals_full_pass(mixtral):
