@@ -40,19 +40,22 @@ N_TOKENS = 40
 checkpoints = checkpoint_fixture()
 
 
+# Measured (40 tokens, default init): f32 max relative error <= 1.1e-6 for every architecture; correlation
+# f16 1.00000; q8_0 llama/mistral 0.99994, qwen2 0.99998, gemma3 0.99978; q4_0 llama/mistral 0.987, qwen2 0.994;
+# q4_k_m llama/mistral 0.9935, qwen2 0.998. Gemma3 at 4 bits reaches only q4_0 0.9415 / q4_k_m 0.9765 on random
+# weights (its per-head Q/K norms and post-norms re-amplify the quantization noise of every layer): that is the
+# quantization error itself, not a conversion error: llama.cpp on the same files agrees with llamba at correlation
+# >= 0.999 (tests/test_interop.py). Its bounds below are set just under what was measured.
+FOUR_BIT = {"llama": 0.98, "mistral": 0.98, "qwen2": 0.98, "gemma3": 0.93}
+FOUR_BIT_K = {"llama": 0.98, "mistral": 0.98, "qwen2": 0.98, "gemma3": 0.97}
+
+
 @pytest.mark.parametrize("kind,fmt,outtype,min_corr", [
-    ("llama", "safetensors", "f32", None),
-    ("llama", "safetensors", "f16", 0.9999),
-    ("llama", "safetensors", "q8_0", 0.999),
-    ("llama", "safetensors", "q4_0", 0.98),
-    ("llama", "safetensors", "q4_k_m", 0.98),
-    ("llama", "bf16", "bf16", None),
-    ("mistral", "pytorch", "f32", None),
-    ("qwen2", "sharded", "f32", None),
-    ("qwen2", "sharded", "q4_k_m", 0.98),
-    ("gemma3", "safetensors", "f32", None),
-    ("gemma3", "safetensors", "q8_0", 0.999),
-])
+    (kind, fmt, outtype, bound)
+    for kind, fmt in [("llama", "safetensors"), ("mistral", "pytorch"), ("qwen2", "sharded"), ("gemma3", "safetensors")]
+    for outtype, bound in [("f32", None), ("f16", 0.9999), ("q8_0", 0.999), ("q4_0", FOUR_BIT[kind]),
+                           ("q4_k_m", FOUR_BIT_K[kind])]
+] + [("llama", "bf16", "bf16", None)])
 def test_logits_match_transformers(checkpoints, tmp_path, kind, fmt, outtype, min_corr):
     d, model = checkpoints(kind, fmt)
     out = tmp_path / "model.gguf"
