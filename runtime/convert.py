@@ -114,7 +114,8 @@ def _gguf_tensors(expected: dict) -> list:
     out = []
     for gguf_name, parts in groups.items():
         spec = parts[0][1]
-        out.append((gguf_name, spec.shape if spec.expert is None else (len(parts), *spec.shape), parts))
+        shape = spec.out_shape or spec.shape
+        out.append((gguf_name, shape if spec.expert is None else (len(parts), *shape), parts))
     return sorted(out, key=lambda t: _order(t[0]))
 
 

@@ -22,8 +22,9 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 class HFTensor:
     gguf: str  # GGUF tensor name
     shape: tuple  # expected numpy shape in the checkpoint
-    transform: Callable | None = None  # float32 array -> float32 array (same shape)
+    transform: Callable | None = None  # float32 array -> float32 array (of out_shape)
     expert: int | None = None  # slice `expert` of a GGUF tensor stacking n_expert HF tensors on a new first axis
+    out_shape: tuple | None = None  # GGUF shape when transform changes it (None: same as shape)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,23 @@ def decoder_tensors(d: Dims, layer: dict, transforms: dict | None = None) -> dic
         for hf, (gg, shape, *expert) in layer.items():
             out[f"model.layers.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg), *expert)
     return out
+
+
+def classic_tensors(top: dict, layer_prefix: str, n_layer: int, layer: dict, transforms: dict | None = None) -> dict:
+    """Every HF tensor of a checkpoint named unlike llama's (GPT-2, GPT-NeoX): `top` maps full HF names, `layer`
+    suffixes within `{layer_prefix}.N.`, each to (GGUF name or suffix within `blk.N.`, shape); transforms maps a
+    GGUF suffix to a function."""
+    transforms = transforms or {}
+    out = {hf: HFTensor(gg, shape, transforms.get(gg)) for hf, (gg, shape) in top.items()}
+    for i in range(n_layer):
+        for hf, (gg, shape) in layer.items():
+            out[f"{layer_prefix}.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg))
+    return out
+
+
+def transpose(w: np.ndarray) -> np.ndarray:
+    """GPT-2's Conv1D stores weights (n_in, n_out); GGUF matrices are (n_out, n_in)."""
+    return np.ascontiguousarray(w.T)
 
 
 def add_one(w: np.ndarray) -> np.ndarray:

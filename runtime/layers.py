@@ -189,7 +189,19 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:  # in place: tanh approximation of G
     return x
 
 
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+@njit(cache=True, nogil=True)
+def _gelu_erf(x):
+    # x (m,) float32 in place: exact GELU x * (1 + erf(x / sqrt(2))) / 2
+    for i in range(x.size):  # hot loop
+        x[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * 0.7071067811865476))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:  # in place: exact (erf) GELU; x contiguous
+    _gelu_erf(x.reshape(-1))
+    return x
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu": gelu}
 
 
 def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -293,11 +305,13 @@ class LayerWeights:
 
 
 class DecoderLayer:
-    """Pre-norm block: x += [post_norm](attn(norm(x))); x += [post_norm](mlp(norm(x)))."""
+    """Pre-norm block: x += [post_norm](attn(norm(x))); x += [post_norm](mlp(norm(x))).
+    parallel (GPT-NeoX): x += attn(attn_norm(x)) + mlp(ffn_norm(x)), both norms of the block input.
+    rope None: no rotary embedding (positions come from learned position embeddings)."""
 
-    def __init__(self, w: LayerWeights, n_head: int, n_head_kv: int, head_dim: int, rope: RoPE, scale: float,
-                 window: int, activation: str):
-        self.w, self.rope, self.scale, self.window = w, rope, scale, window
+    def __init__(self, w: LayerWeights, n_head: int, n_head_kv: int, head_dim: int, rope: RoPE | None, scale: float,
+                 window: int, activation: str, parallel: bool = False):
+        self.w, self.rope, self.scale, self.window, self.parallel = w, rope, scale, window, parallel
         self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv, head_dim
         self.act = ACTIVATIONS[activation]
 
@@ -311,14 +325,19 @@ class DecoderLayer:
         if w.q_norm is not None:
             w.q_norm(q, q)
             w.k_norm(k, k)
-        self.rope(q, pos)
-        self.rope(k, pos)
+        if self.rope is not None:
+            self.rope(q, pos)
+            self.rope(k, pos)
         k_cache[:, pos:pos + n] = k.transpose(1, 0, 2)
         v_cache[:, pos:pos + n] = v.transpose(1, 0, 2)
         attention(q, k_cache, v_cache, pos, self.scale, self.window, b.att)
-        self._residual(linear(w.wo, b.att, b.o, w.bo), w.post_attn_norm, b.x)
+        y = linear(w.wo, b.att, b.o, w.bo)
+        if self.parallel:
+            h = w.ffn_norm(b.x, b.h)  # of the block input, before the attention residual
+        self._residual(y, w.post_attn_norm, b.x)
 
-        h = w.ffn_norm(b.x, b.h)
+        if not self.parallel:
+            h = w.ffn_norm(b.x, b.h)
         if w.moe is None:
             y = mlp(h, w.w_up, w.w_down, w.w_gate, self.act, b.up, b.gate, b.o, w.b_up, w.b_down)
         else:

@@ -19,8 +19,8 @@ MATRIX_TYPES = frozenset(TYPES) - {GGMLType.Q8_K}  # Q8_K only quantizes activat
 class _Weights:
     """Checked access to the file's tensors: matrices as QMatrix, vectors as float32, never copied."""
 
-    def __init__(self, gguf: GGUFFile):
-        self.tensors, self.path = gguf.tensors, gguf.path
+    def __init__(self, gguf: GGUFFile, rms: bool = True):
+        self.tensors, self.path, self.rms = gguf.tensors, gguf.path, rms  # rms False: norms are LayerNorms
 
     def _get(self, name: str, shape: tuple, required: bool):
         # shape entries of None match any size
@@ -39,6 +39,17 @@ class _Weights:
             return None
         self._check_type(name, t.qtype)
         return QMatrix(t.raw, t.qtype, n_cols)
+
+    def fused(self, name: str, sizes: tuple, n_cols: int) -> tuple:
+        """Row blocks of sizes `sizes` of a fused matrix `{name}.weight` (e.g. QKV) as zero-copy QMatrix views,
+        and the matching slices of `{name}.bias` (None without one)."""
+        n = sum(sizes)
+        t = self._get(name + ".weight", (n, n_cols), True)
+        self._check_type(name + ".weight", t.qtype)
+        bias = self.vector(name + ".bias", n, False)
+        ends = np.cumsum(sizes)
+        return tuple((QMatrix(t.raw[e - s:e], t.qtype, n_cols), None if bias is None else bias[e - s:e])
+                     for s, e in zip(sizes, ends, strict=True))
 
     @staticmethod
     def _check_type(name: str, qtype) -> None:
@@ -67,21 +78,18 @@ class _Weights:
 
     def norm(self, name: str, n: int, eps: float, required: bool = True) -> Norm | None:
         w = self.vector(name + ".weight", n, required)
-        return None if w is None else Norm(w, self.vector(name + ".bias", n, False), eps)
+        return None if w is None else Norm(w, self.vector(name + ".bias", n, False), eps, self.rms)
 
 
 def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
     p, d, hd, eps = f"blk.{il}.", c.n_embd, c.head_dim, c.norm_eps
-    nq, nkv = c.n_head * hd, c.n_head_kv * hd
+    nq = c.n_head * hd
     for name in required:
         if p + name not in w.tensors:
             raise GGUFError(f"{w.path}: tensor {p + name!r} is missing ({c.arch} needs it)")
     return LayerWeights(
-        attn_norm=w.norm(p + "attn_norm", d, eps),
-        wq=w.matrix(p + "attn_q.weight", nq, d), wk=w.matrix(p + "attn_k.weight", nkv, d),
-        wv=w.matrix(p + "attn_v.weight", nkv, d), wo=w.matrix(p + "attn_output.weight", d, nq),
-        bq=w.vector(p + "attn_q.bias", nq, False), bk=w.vector(p + "attn_k.bias", nkv, False),
-        bv=w.vector(p + "attn_v.bias", nkv, False), bo=w.vector(p + "attn_output.bias", d, False),
+        attn_norm=w.norm(p + "attn_norm", d, eps), **_qkv_weights(w, c, p),
+        wo=w.matrix(p + "attn_output.weight", d, nq), bo=w.vector(p + "attn_output.bias", d, False),
         q_norm=w.norm(p + "attn_q_norm", hd, eps, False), k_norm=w.norm(p + "attn_k_norm", hd, eps, False),
         post_attn_norm=w.norm(p + "post_attention_norm", d, eps, False),
         ffn_norm=w.norm(p + "ffn_norm", d, eps),
@@ -89,6 +97,17 @@ def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
         b_up=w.vector(p + "ffn_up.bias", c.n_ff, False), b_down=w.vector(p + "ffn_down.bias", d, False),
         post_ffn_norm=w.norm(p + "post_ffw_norm", d, eps, False),
     )
+
+
+def _qkv_weights(w: _Weights, c, p: str) -> dict:
+    """Separate attn_{q,k,v}, or views of a fused attn_qkv (rows: all of Q, then K, then V)."""
+    nq, nkv, d = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_embd
+    if p + "attn_qkv.weight" in w.tensors:
+        (wq, bq), (wk, bk), (wv, bv) = w.fused(p + "attn_qkv", (nq, nkv, nkv), d)
+        return dict(wq=wq, wk=wk, wv=wv, bq=bq, bk=bk, bv=bv)
+    return dict(wq=w.matrix(p + "attn_q.weight", nq, d), wk=w.matrix(p + "attn_k.weight", nkv, d),
+                wv=w.matrix(p + "attn_v.weight", nkv, d), bq=w.vector(p + "attn_q.bias", nq, False),
+                bk=w.vector(p + "attn_k.bias", nkv, False), bv=w.vector(p + "attn_v.bias", nkv, False))
 
 
 def _mlp_weights(w: _Weights, c, p: str) -> dict:
@@ -109,9 +128,12 @@ class Model:
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
-        c, w = config, _Weights(gguf)
+        c, w = config, _Weights(gguf, config.norm_rms)
         self.tok_embd = w.matrix("token_embd.weight", None, c.n_embd)  # (n_vocab, n_embd)
         self.n_vocab = self.tok_embd.n_rows
+        self.pos_embd = None if c.use_rope else w.matrix("position_embd.weight", None, c.n_embd)  # (n_pos, n_embd)
+        if self.pos_embd is not None and self.pos_embd.n_rows < n_ctx:
+            raise LlambaError(f"n_ctx {n_ctx} exceeds the {self.pos_embd.n_rows} learned positions of position_embd")
         self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
         self.output = w.matrix("output.weight", self.n_vocab, c.n_embd, False) or self.tok_embd  # tied
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
@@ -121,10 +143,11 @@ class Model:
         self.layers = []
         for il in range(c.n_layer):
             key = c.layer_rope(il)
-            if key not in ropes:
+            if key not in ropes and c.use_rope:
                 ropes[key] = RoPE(c.n_rot, n_ctx, key[0], c.rope_neox, key[1], freq_factors)
             self.layers.append(DecoderLayer(_layer_weights(w, c, il, required), c.n_head, c.n_head_kv, c.head_dim,
-                                            ropes[key], c.scale, c.layer_window(il), c.activation))
+                                            ropes.get(key), c.scale, c.layer_window(il), c.activation,
+                                            c.parallel_residual))
         self.cache = KVCache(c.n_layer, c.n_head_kv, n_ctx, c.head_dim)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
@@ -159,6 +182,8 @@ class Model:
             chunk = tokens[i:i + UBATCH]
             b = self._buffers_for(chunk.size)
             b.x[:] = self.tok_embd.get_rows(chunk)  # (m, n_embd)
+            if self.pos_embd is not None:
+                b.x += self.pos_embd.get_rows(np.arange(pos + i, pos + i + chunk.size))
             if self.config.embd_scale != 1.0:
                 b.x *= np.float32(self.config.embd_scale)
             for il, layer in enumerate(self.layers):

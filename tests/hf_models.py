@@ -13,6 +13,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import (
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -47,6 +51,10 @@ MODELS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"tie_word_embeddings": True}),
     "mixtral": (MixtralConfig, MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 64, "query_pre_attn_scalar": 64}),
+    "gptneox": (GPTNeoXConfig, GPTNeoXForCausalLM, {"num_key_value_heads": 4, "use_parallel_residual": True,
+                                                    "rotary_pct": 0.25}),
+    "gpt2": (GPT2Config, GPT2LMHeadModel, {"num_key_value_heads": 4, "n_inner": 512, "bos_token_id": 0,
+                                        "eos_token_id": 1}),
 }
 
 
@@ -98,7 +106,7 @@ def save_model(d, kind: str, fmt: str, n_vocab: int, **overrides):
     model = model_cls(cfg).eval()
     with torch.no_grad():  # non-trivial norms and biases, so their conversion (gemma's + 1) matters
         for name, p in model.named_parameters():
-            if "norm" in name or "bias" in name:
+            if "norm" in name or "bias" in name or ".ln_" in name:
                 p.normal_(0.0, 0.3)
     if fmt == "bf16":  # bf16 safetensors (numpy has no bf16); the reference runs the rounded weights in f32
         model = model.to(torch.bfloat16)

@@ -80,6 +80,9 @@ class DecoderConfig:
     final_logit_softcap: float = 0.0  # 0: off; else logits = cap * tanh(logits / cap)
     n_expert: int = 0  # 0: dense feed-forward; else a mixture of n_expert experts (n_ff each)
     n_expert_used: int = 0  # experts routed to per token
+    norm_rms: bool = True  # False: LayerNorm (mean subtracted, with bias) everywhere
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(attn_norm(x)) + mlp(ffn_norm(x))
+    use_rope: bool = True  # False: learned absolute position embeddings (`position_embd`) instead
 
     @classmethod
     def read(cls, md: dict, arch: str, **overrides):
@@ -114,7 +117,7 @@ class DecoderConfig:
         for name in ("n_embd", "n_layer", "head_dim", "n_ff", "context_length"):
             if getattr(self, name) <= 0:
                 raise GGUFError(f"{self.arch}: {name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.n_rot <= self.head_dim or self.n_rot % 2:
+        if self.use_rope and (not 0 < self.n_rot <= self.head_dim or self.n_rot % 2):
             raise GGUFError(f"{self.arch}: rope.dimension_count {self.n_rot} must be even and <= {self.head_dim}")
         if self.sliding_window < 0:
             raise GGUFError(f"{self.arch}: attention.sliding_window must be >= 0, got {self.sliding_window}")
