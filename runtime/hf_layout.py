@@ -164,6 +164,15 @@ def classic_tensors(top: dict, layer_prefix: str, n_layer: int, layer: dict, tra
     return out
 
 
+def with_biases(entries) -> dict:
+    """classic_tensors `layer` entries from (HF module, GGUF module, weight shape) triples, each module with a
+    weight and a bias (of the weight's first dimension)."""
+    out = {}
+    for hf, gg, shape in entries:
+        out |= {f"{hf}.weight": (f"{gg}.weight", shape), f"{hf}.bias": (f"{gg}.bias", shape[:1])}
+    return out
+
+
 def transpose(w: np.ndarray) -> np.ndarray:
     """GPT-2's Conv1D stores weights (n_in, n_out); GGUF matrices are (n_out, n_in)."""
     return np.ascontiguousarray(w.T)

@@ -123,13 +123,23 @@ def _rope(x, cos, sin, pos, n_rot, neox):
 
 # ---- attention ---------------------------------------------------------------------------------
 
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """ALiBi's per-head slopes (n_head,) float32 as llama.cpp (and transformers' MPT/BLOOM) compute them:
+    a geometric series over the largest power of two <= n_head, the remaining heads interleaved between."""
+    n_log2 = 2 ** math.floor(math.log2(n_head))
+    m0, m1 = 2.0 ** (-max_bias / n_log2), 2.0 ** (-max_bias / 2.0 / n_log2)
+    h = np.arange(n_head)
+    return np.where(h < n_log2, m0 ** (h + 1), m1 ** (2 * (h - n_log2) + 1)).astype(np.float32)
+
+
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, scale: float, window: int,
-              out: np.ndarray) -> np.ndarray:
+              out: np.ndarray, slopes: np.ndarray | None = None) -> np.ndarray:
     """Causal (optionally sliding-window) grouped-query attention of n new queries over the cache.
 
     q (n, n_head, head_dim) for positions pos..pos+n-1; k_cache, v_cache (n_head_kv, n_ctx, head_dim)
     hold keys/values of positions 0..pos+n-1; out (n, n_head * head_dim). Query head h reads kv head
-    h // (n_head / n_head_kv). window > 0: a query at p sees keys at p-window+1..p."""
+    h // (n_head / n_head_kv). window > 0: a query at p sees keys at p-window+1..p.
+    slopes (n_head,): ALiBi, head h's score of a key at distance d behind the query gets -slopes[h] * d."""
     n, n_head, hd = q.shape
     n_kv = k_cache.shape[0]
     rep = n_head // n_kv
@@ -140,9 +150,12 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
     s = np.matmul(qg, keys.transpose(0, 2, 1))  # (n_kv, n * rep, T)
     s *= scale
+    qpos = np.arange(pos, end)[:, None]  # (n, 1)
+    kpos = np.arange(start, end)[None, :]  # (1, T)
+    if slopes is not None:
+        s.reshape(n_kv, n, rep, -1)[:] += (slopes.reshape(n_kv, 1, rep, 1)
+                                           * (kpos - qpos).astype(np.float32)[None, :, None, :])
     if n > 1:
-        qpos = np.arange(pos, end)[:, None]  # (n, 1)
-        kpos = np.arange(start, end)[None, :]  # (1, T)
         hidden = kpos > qpos
         if window:
             hidden |= kpos <= qpos - window
@@ -201,7 +214,12 @@ def gelu(x: np.ndarray) -> np.ndarray:  # in place: exact (erf) GELU; x contiguo
     return x
 
 
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu": gelu}
+def relu(x: np.ndarray) -> np.ndarray:  # in place
+    np.maximum(x, 0, out=x)
+    return x
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu": gelu, "relu": relu}
 
 
 def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -287,7 +305,7 @@ class LayerWeights:
     wk: QMatrix
     wv: QMatrix
     wo: QMatrix
-    ffn_norm: Norm
+    ffn_norm: Norm | None  # None: a parallel block's MLP shares attn_norm's output
     w_up: QMatrix | None  # None in a mixture-of-experts layer
     w_down: QMatrix | None
     w_gate: QMatrix | None = None  # None: plain MLP act(up(x))
@@ -306,12 +324,14 @@ class LayerWeights:
 
 class DecoderLayer:
     """Pre-norm block: x += [post_norm](attn(norm(x))); x += [post_norm](mlp(norm(x))).
-    parallel (GPT-NeoX): x += attn(attn_norm(x)) + mlp(ffn_norm(x)), both norms of the block input.
-    rope None: no rotary embedding (positions come from learned position embeddings)."""
+    parallel (GPT-NeoX, Falcon): x += attn(attn_norm(x)) + mlp(ffn_norm(x)), both norms of the block input.
+    rope None: no rotary embedding (positions come from learned position embeddings or ALiBi slopes)."""
 
     def __init__(self, w: LayerWeights, n_head: int, n_head_kv: int, head_dim: int, rope: RoPE | None, scale: float,
-                 window: int, activation: str, parallel: bool = False):
+                 window: int, activation: str, parallel: bool = False, alibi: np.ndarray | None = None,
+                 clamp: float = 0.0):
         self.w, self.rope, self.scale, self.window, self.parallel = w, rope, scale, window, parallel
+        self.alibi, self.clamp = alibi, clamp  # (n_head,) ALiBi slopes or None; > 0: Q/K/V clipped to +-clamp
         self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv, head_dim
         self.act = ACTIVATIONS[activation]
 
@@ -322,6 +342,9 @@ class DecoderLayer:
         q = linear(w.wq, h, b.q, w.bq).reshape(n, self.n_head, hd)
         k = linear(w.wk, h, b.k, w.bk).reshape(n, self.n_head_kv, hd)
         v = linear(w.wv, h, b.v, w.bv).reshape(n, self.n_head_kv, hd)
+        if self.clamp:
+            for t in (q, k, v):
+                np.clip(t, -self.clamp, self.clamp, out=t)
         if w.q_norm is not None:
             w.q_norm(q, q)
             w.k_norm(k, k)
@@ -330,9 +353,9 @@ class DecoderLayer:
             self.rope(k, pos)
         k_cache[:, pos:pos + n] = k.transpose(1, 0, 2)
         v_cache[:, pos:pos + n] = v.transpose(1, 0, 2)
-        attention(q, k_cache, v_cache, pos, self.scale, self.window, b.att)
+        attention(q, k_cache, v_cache, pos, self.scale, self.window, b.att, self.alibi)
         y = linear(w.wo, b.att, b.o, w.bo)
-        if self.parallel:
+        if self.parallel and w.ffn_norm is not None:  # None (falcon 7B): the MLP reads attn_norm's h too
             h = w.ffn_norm(b.x, b.h)  # of the block input, before the attention residual
         self._residual(y, w.post_attn_norm, b.x)
 

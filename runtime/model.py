@@ -9,7 +9,7 @@ from quant import TYPES, GGMLType, QMatrix, dequantize
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, UnsupportedError
 from .gguf import GGUFFile
-from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, linear
+from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear
 
 DEFAULT_MAX_CTX = 4096
 UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
@@ -87,12 +87,17 @@ def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
     for name in required:
         if p + name not in w.tensors:
             raise GGUFError(f"{w.path}: tensor {p + name!r} is missing ({c.arch} needs it)")
+    attn_norm = w.norm(p + "attn_norm", d, eps)
+    ffn_norm = w.norm(p + "ffn_norm", d, eps, not c.parallel_residual)  # falcon 7B: none, the MLP shares attn_norm
+    attn_norm_2 = w.norm(p + "attn_norm_2", d, eps, False)
+    if attn_norm_2 is not None:  # falcon 40B (llama.cpp's names): attn_norm_2 feeds attention, attn_norm the MLP
+        attn_norm, ffn_norm = attn_norm_2, attn_norm
     return LayerWeights(
-        attn_norm=w.norm(p + "attn_norm", d, eps), **_qkv_weights(w, c, p),
+        attn_norm=attn_norm, **_qkv_weights(w, c, p),
         wo=w.matrix(p + "attn_output.weight", d, nq), bo=w.vector(p + "attn_output.bias", d, False),
         q_norm=w.norm(p + "attn_q_norm", hd, eps, False), k_norm=w.norm(p + "attn_k_norm", hd, eps, False),
         post_attn_norm=w.norm(p + "post_attention_norm", d, eps, False),
-        ffn_norm=w.norm(p + "ffn_norm", d, eps),
+        ffn_norm=ffn_norm,
         **(_moe_weights(w, c, p) if c.n_expert else _mlp_weights(w, c, p)),
         b_up=w.vector(p + "ffn_up.bias", c.n_ff, False), b_down=w.vector(p + "ffn_down.bias", d, False),
         post_ffn_norm=w.norm(p + "post_ffw_norm", d, eps, False),
@@ -131,15 +136,19 @@ class Model:
         c, w = config, _Weights(gguf, config.norm_rms)
         self.tok_embd = w.matrix("token_embd.weight", None, c.n_embd)  # (n_vocab, n_embd)
         self.n_vocab = self.tok_embd.n_rows
-        self.pos_embd = None if c.use_rope else w.matrix("position_embd.weight", None, c.n_embd)  # (n_pos, n_embd)
+        self.pos_embd = (None if c.use_rope or c.alibi_max_bias  # (n_pos, n_embd)
+                         else w.matrix("position_embd.weight", None, c.n_embd))
         if self.pos_embd is not None and self.pos_embd.n_rows < n_ctx:
             raise LlambaError(f"n_ctx {n_ctx} exceeds the {self.pos_embd.n_rows} learned positions of position_embd")
+        self.embd_norm = w.norm("token_embd_norm", c.n_embd, c.norm_eps, False)  # bloom: on the embeddings
         self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
         self.output = w.matrix("output.weight", self.n_vocab, c.n_embd, False) or self.tok_embd  # tied
+        self.output_bias = w.vector("output.bias", self.n_vocab, False)  # phi2
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
 
         ropes = {}  # (base, scaling) -> RoPE, tables shared by the layers that use them
         required = archs.get(c.arch).LAYER_TENSORS
+        alibi = alibi_slopes(c.n_head, c.alibi_max_bias) if c.alibi_max_bias else None  # (n_head,)
         self.layers = []
         for il in range(c.n_layer):
             key = c.layer_rope(il)
@@ -147,7 +156,7 @@ class Model:
                 ropes[key] = RoPE(c.n_rot, n_ctx, key[0], c.rope_neox, key[1], freq_factors)
             self.layers.append(DecoderLayer(_layer_weights(w, c, il, required), c.n_head, c.n_head_kv, c.head_dim,
                                             ropes.get(key), c.scale, c.layer_window(il), c.activation,
-                                            c.parallel_residual))
+                                            c.parallel_residual, alibi, c.clamp_kqv))
         self.cache = KVCache(c.n_layer, c.n_head_kv, n_ctx, c.head_dim)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
@@ -186,6 +195,8 @@ class Model:
                 b.x += self.pos_embd.get_rows(np.arange(pos + i, pos + i + chunk.size))
             if self.config.embd_scale != 1.0:
                 b.x *= np.float32(self.config.embd_scale)
+            if self.embd_norm is not None:
+                self.embd_norm(b.x, b.x)
             for il, layer in enumerate(self.layers):
                 layer(b, pos + i, self.cache.k[il], self.cache.v[il])
             if all_logits:
@@ -196,7 +207,7 @@ class Model:
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
-        linear(self.output, self.output_norm(x, tmp), out)
+        linear(self.output, self.output_norm(x, tmp), out, self.output_bias)
         cap = self.config.final_logit_softcap
         if cap:
             out /= cap

@@ -11,6 +11,10 @@ import sentencepiece as spm
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
@@ -23,6 +27,12 @@ from transformers import (
     MistralForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    MptConfig,
+    MptForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -55,6 +65,17 @@ MODELS = {
                                                     "rotary_pct": 0.25}),
     "gpt2": (GPT2Config, GPT2LMHeadModel, {"num_key_value_heads": 4, "n_inner": 512, "bos_token_id": 0,
                                         "eos_token_id": 1}),
+    "falcon": (FalconConfig, FalconForCausalLM, {"ffn_hidden_size": 512, "multi_query": True, "bias": False,
+                                                 "new_decoder_architecture": False, "tie_word_embeddings": False}),
+    "falcon40b": (FalconConfig, FalconForCausalLM, {"ffn_hidden_size": 512, "new_decoder_architecture": True,
+                                                    "num_kv_heads": 2, "bias": False}),
+    "phi2": (PhiConfig, PhiForCausalLM, {"partial_rotary_factor": 0.375}),
+    "opt": (OPTConfig, OPTForCausalLM, {"ffn_dim": 512, "word_embed_proj_dim": 256, "bos_token_id": 0,
+                                        "eos_token_id": 1, "pad_token_id": 1}),
+    "mpt": (MptConfig, MptForCausalLM, {"d_model": 256, "n_heads": 4, "n_layers": 2, "max_seq_len": 256}),
+    "mptclip": (MptConfig, MptForCausalLM, {"d_model": 256, "n_heads": 4, "n_layers": 2, "max_seq_len": 256,
+                                            "attn_config": {"clip_qkv": 0.5}}),
+    "bloom": (BloomConfig, BloomForCausalLM, {"seq_length": 256}),
 }
 
 

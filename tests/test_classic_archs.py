@@ -1,14 +1,19 @@
-"""GPT-NeoX (Pythia, Dolly v2) and GPT-2 (Cerebras-GPT), end to end against transformers and llama.cpp.
+"""GPT-NeoX, GPT-2, Falcon (7B multi-query and 40B grouped-query layouts), Phi-2, OPT, MPT and BLOOM end to end
+against transformers and llama.cpp (which has no OPT: its llama.cpp check is left out).
 
 Tiny random transformers models (hidden 256, 4 heads, 2 layers; GPT-NeoX with rotary_pct 0.25 and parallel
-residual; weights drawn with std 0.06 so their logits are decisive, norms and biases randomized) are saved with
+residual, Phi-2 with partial_rotary_factor 0.375, MPT and BLOOM with ALiBi; weights drawn with std 0.06 so their
+logits are decisive, norms and biases randomized) are saved with
 save_pretrained, converted by runtime.convert and run by llamba over 40 teacher-forced tokens; transformers' own
 forward pass on the original weights is the oracle. Checked: logits at f32 / q8_0 / q4_k_m, KV-cache decoding
 (prompt, then one token at a time) against the full pass, 16 greedy tokens against transformers' greedy, and the
 converted f32 file in llama.cpp (llama-cpp-python) giving llamba's top-1.
 Measured (40 tokens): f32 max relative error 3-4e-7; correlation with transformers q8_0 0.99998 (both),
 q4_k_m gpt2 0.9994, gptneox 0.9989; llama.cpp on the f32 files: correlation 0.99999999, same top-1 everywhere.
-Dropping the converter's per-head QKV reorder (gptneox) gives relative error 0.66, a sequential residual 0.23.
+Falcon 7B / 40B, Phi-2, OPT, MPT, BLOOM: f32 2.8-7.2e-7; q8_0 correlation >= 0.9999; q4_k_m 0.9974 / 0.9985,
+0.9992, 0.9984, 0.9925 (MPT: no biases or norm biases to absorb the 4-bit error), 0.9988.
+Dropping the converter's per-head QKV reorder (gptneox) gives relative error 0.66, a sequential residual 0.23;
+MPT without its clip_qkv clamp (mptclip, clip 0.5) 0.16.
 """
 
 import numpy as np
@@ -16,12 +21,15 @@ import pytest
 import torch
 from hf_models import assert_logits_match, checkpoint_fixture, llamba_logits, transformers_logits
 
+from runtime.archs import bloom, falcon, mpt, opt
 from runtime.bench_llama_cpp import open_llama
 from runtime.convert import convert
+from runtime.errors import UnsupportedError
 from runtime.gguf import GGUFFile
 from runtime.model import load_model
 
-KINDS = ("gptneox", "gpt2")
+KINDS = ("gptneox", "gpt2", "falcon", "falcon40b", "phi2", "opt", "mpt", "mptclip", "bloom")
+LLAMA_CPP_KINDS = tuple(k for k in KINDS if k != "opt")  # llama.cpp has no OPT architecture
 N_TOKENS = 40
 MARGIN = 1e-3  # a top-2 gap that f32 rounding differences between engines (measured <= 2e-4) cannot close
 checkpoints = checkpoint_fixture(initializer_range=0.06)
@@ -68,6 +76,30 @@ def test_file_layout(converted):
         assert g.metadata["gpt2.context_length"] == 256 and "output.weight" not in names
         assert g.tensors["position_embd.weight"].shape == (256, 256)
         assert g.tensors["blk.0.ffn_up.weight"].shape == (512, 256)  # Conv1D (256, 512) transposed
+    with GGUFFile(converted("falcon40b", "f32")[0]) as g:  # 4 query + 2 * 2 kv heads of 64; two norms
+        assert g.metadata["falcon.attention.head_count_kv"] == 2 and "blk.1.attn_norm_2.bias" in g.tensors
+        assert g.tensors["blk.0.attn_qkv.weight"].shape == (512, 256)
+    with GGUFFile(converted("phi2", "f32")[0]) as g:
+        assert g.metadata["phi2.rope.dimension_count"] == 24 and "output.bias" in g.tensors
+    with GGUFFile(converted("opt", "f32")[0]) as g:  # OPT's 2 offset rows dropped
+        assert g.tensors["position_embd.weight"].shape == (256, 256) and "output.weight" not in g.tensors
+    for kind in ("mpt", "bloom"):
+        with GGUFFile(converted(kind, "f32")[0]) as g:
+            assert g.metadata[f"{kind}.attention.max_alibi_bias"] == 8.0 and "position_embd.weight" not in g.tensors
+    with GGUFFile(converted("bloom", "f32")[0]) as g:
+        assert {"token_embd_norm.weight", "token_embd_norm.bias", "blk.0.attn_qkv.bias"} <= set(g.tensors)
+
+
+@pytest.mark.parametrize("module,cfg,message", [
+    (opt, {"hidden_size": 1024, "do_layer_norm_before": False}, "post-LayerNorm"),
+    (opt, {"hidden_size": 1024, "word_embed_proj_dim": 512}, "word_embed_proj_dim 512"),
+    (mpt, {"d_model": 256, "attn_config": {"qk_ln": True}}, "qk_ln"),
+    (falcon, {"hidden_size": 256, "alibi": True}, "alibi"),
+    (bloom, {"hidden_size": 256, "apply_residual_connection_post_layernorm": True}, "post_layernorm"),
+])
+def test_unsupported_variants_are_refused(module, cfg, message):
+    with pytest.raises(UnsupportedError, match=message):
+        module.hf_metadata(cfg)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -96,7 +128,7 @@ def test_greedy_matches_transformers(converted, kind):
     assert got == ref
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LLAMA_CPP_KINDS)
 def test_llama_cpp_gives_the_same_top1(converted, kind):
     pytest.importorskip("llama_cpp", reason='llama-cpp-python is not installed: pip install -e ".[interop]"')
     path, model = converted(kind, "f32")

@@ -178,10 +178,10 @@ def test_missing_config(tmp_path, capsys):
 
 def test_unknown_architecture(checkpoints, tmp_path, capsys):
     d = _copy_model(checkpoints("llama", "safetensors")[0], tmp_path)
-    cfg = json.loads((d / "config.json").read_text()) | {"architectures": ["FalconForCausalLM"]}
+    cfg = json.loads((d / "config.json").read_text()) | {"architectures": ["MambaForCausalLM"]}
     (d / "config.json").write_text(json.dumps(cfg))
     before = set(p.name for p in d.iterdir())
-    _fails([d, "-o", d / "x.gguf"], capsys, "FalconForCausalLM", "not supported", "LlamaForCausalLM")
+    _fails([d, "-o", d / "x.gguf"], capsys, "MambaForCausalLM", "not supported", "LlamaForCausalLM")
     assert not _leftovers(d, before)
 
 

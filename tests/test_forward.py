@@ -150,7 +150,8 @@ def _write_gguf(path, arch: str, tensors: dict):
 def test_unsupported_architecture(tmp_path):
     path = tmp_path / "m.gguf"
     _write_gguf(path, "mamba", {"token_embd.weight": (np.zeros((4, 256), np.float32), None)})
-    with pytest.raises(UnsupportedError, match=r"'mamba'.*gemma3, gpt2, gptneox, llama, qwen2"):
+    with pytest.raises(UnsupportedError,
+                       match=r"'mamba'.*bloom, falcon, gemma3, gpt2, gptneox, llama, mpt, opt, phi2, qwen2"):
         load_model(path)
 
 

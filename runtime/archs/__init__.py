@@ -4,9 +4,11 @@ Each module has `Config` (a DecoderConfig dataclass with `from_metadata(md)`), `
 (per-layer tensors it needs beyond the common ones) and the Hugging Face <-> GGUF mapping."""
 
 from ..errors import UnsupportedError
-from . import gemma3, gpt2, gptneox, llama, qwen2
+from . import bloom, falcon, gemma3, gpt2, gptneox, llama, mpt, opt, phi2, qwen2
 
-ARCHITECTURES = {"llama": llama, "qwen2": qwen2, "gemma3": gemma3, "gptneox": gptneox, "gpt2": gpt2}
+ARCHITECTURES = {"llama": llama, "qwen2": qwen2, "gemma3": gemma3, "gptneox": gptneox, "gpt2": gpt2,
+                 "falcon": falcon, "phi2": phi2, "opt": opt,
+                 "mpt": mpt, "bloom": bloom}
 
 
 def get(arch: str):

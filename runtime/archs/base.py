@@ -83,6 +83,8 @@ class DecoderConfig:
     norm_rms: bool = True  # False: LayerNorm (mean subtracted, with bias) everywhere
     parallel_residual: bool = False  # GPT-NeoX: x + attn(attn_norm(x)) + mlp(ffn_norm(x))
     use_rope: bool = True  # False: learned absolute position embeddings (`position_embd`) instead
+    alibi_max_bias: float = 0.0  # > 0 (with use_rope False): ALiBi slopes instead of position embeddings
+    clamp_kqv: float = 0.0  # > 0 (MPT clip_qkv): Q, K and V clipped to [-clamp_kqv, clamp_kqv]
 
     @classmethod
     def read(cls, md: dict, arch: str, **overrides):

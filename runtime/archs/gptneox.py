@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .base import DecoderConfig, meta
 
-LAYER_TENSORS = ("attn_qkv.weight",)
+LAYER_TENSORS = ("attn_qkv.weight", "ffn_norm.weight")
 
 
 @dataclass(frozen=True)
