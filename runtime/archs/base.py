@@ -115,6 +115,12 @@ class DecoderConfig:
         config.validate()
         return config
 
+    @classmethod
+    def read_layernorm(cls, md: dict, arch: str, **overrides):
+        """read() for the LayerNorm architectures (GPT-2 lineage): eps from `{arch}.attention.layer_norm_epsilon`."""
+        return cls.read(md, arch, norm_rms=False, norm_eps=meta(md, f"{arch}.attention.layer_norm_epsilon", kind=float),
+                        **overrides)
+
     def validate(self):
         for name in ("n_embd", "n_layer", "head_dim", "n_ff", "context_length"):
             if getattr(self, name) <= 0:

@@ -18,8 +18,7 @@ MAX_ALIBI_BIAS = 8.0  # llama.cpp's bloom value (transformers' build_alibi_tenso
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "bloom", activation="gelu_tanh", norm_rms=False, use_rope=False,
-                        norm_eps=meta(md, "bloom.attention.layer_norm_epsilon", kind=float),
+        return cls.read_layernorm(md, "bloom", activation="gelu_tanh", use_rope=False,
                         alibi_max_bias=meta(md, "bloom.attention.max_alibi_bias", MAX_ALIBI_BIAS, float))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import DecoderConfig, meta
+from .base import DecoderConfig
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -20,8 +20,7 @@ LAYER_TENSORS = ("attn_qkv.weight",)
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "falcon", rope_neox=True, activation="gelu", norm_rms=False, parallel_residual=True,
-                        norm_eps=meta(md, "falcon.attention.layer_norm_epsilon", kind=float))
+        return cls.read_layernorm(md, "falcon", rope_neox=True, activation="gelu", parallel_residual=True)
 
 
 # --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---

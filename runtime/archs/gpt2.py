@@ -5,7 +5,7 @@ Hugging Face's Conv1D layers store weights (n_in, n_out): the converter transpos
 
 from dataclasses import dataclass
 
-from .base import DecoderConfig, meta
+from .base import DecoderConfig
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -14,8 +14,7 @@ LAYER_TENSORS = ("attn_qkv.weight",)
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "gpt2", activation="gelu_tanh", norm_rms=False, use_rope=False,
-                        norm_eps=meta(md, "gpt2.attention.layer_norm_epsilon", kind=float))
+        return cls.read_layernorm(md, "gpt2", activation="gelu_tanh", use_rope=False)
 
 
 # --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---

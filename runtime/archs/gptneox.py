@@ -15,8 +15,7 @@ LAYER_TENSORS = ("attn_qkv.weight", "ffn_norm.weight")
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "gptneox", rope_neox=True, activation="gelu", norm_rms=False,
-                        norm_eps=meta(md, "gptneox.attention.layer_norm_epsilon", kind=float),
+        return cls.read_layernorm(md, "gptneox", rope_neox=True, activation="gelu",
                         parallel_residual=meta(md, "gptneox.use_parallel_residual", True, bool))
 
 

@@ -13,8 +13,7 @@ LAYER_TENSORS = ("attn_qkv.weight",)
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "mpt", activation="gelu", norm_rms=False, use_rope=False,
-                        norm_eps=meta(md, "mpt.attention.layer_norm_epsilon", kind=float),
+        return cls.read_layernorm(md, "mpt", activation="gelu", use_rope=False,
                         alibi_max_bias=meta(md, "mpt.attention.max_alibi_bias", kind=float),
                         clamp_kqv=meta(md, "mpt.attention.clamp_kqv", 0.0, float))
 

@@ -9,7 +9,7 @@ rows, so position_embd row p is position p as for gpt2."""
 
 from dataclasses import dataclass
 
-from .base import DecoderConfig, meta
+from .base import DecoderConfig
 
 LAYER_TENSORS = ()
 POSITION_OFFSET = 2
@@ -19,8 +19,7 @@ POSITION_OFFSET = 2
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "opt", activation="relu", norm_rms=False, use_rope=False,
-                        norm_eps=meta(md, "opt.attention.layer_norm_epsilon", kind=float))
+        return cls.read_layernorm(md, "opt", activation="relu", use_rope=False)
 
 
 # --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---

@@ -4,7 +4,7 @@ untied output with a bias (`output.bias`)."""
 
 from dataclasses import dataclass
 
-from .base import DecoderConfig, meta
+from .base import DecoderConfig
 
 LAYER_TENSORS = ()
 
@@ -13,8 +13,7 @@ LAYER_TENSORS = ()
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        return cls.read(md, "phi2", rope_neox=True, activation="gelu_tanh", norm_rms=False, parallel_residual=True,
-                        norm_eps=meta(md, "phi2.attention.layer_norm_epsilon", kind=float))
+        return cls.read_layernorm(md, "phi2", rope_neox=True, activation="gelu_tanh", parallel_residual=True)
 
 
 # --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
