@@ -1,9 +1,11 @@
 """Hugging Face tokenizer files -> GGUF `tokenizer.*` metadata, as llama.cpp's convert_hf_to_gguf writes it.
 
 - `tokenizer.model` (SentencePiece) -> `tokenizer.ggml.model = "llama"` with tokens, scores, token types.
-- `tokenizer.json` (byte-level BPE) -> `"gpt2"` with tokens, token types, merges and `tokenizer.ggml.pre`.
-  llama.cpp picks `pre` by hashing the tokenizer's output on a test string; we map the pre-tokenizer
-  steps declared in tokenizer.json instead (same names, listed in PRE_TOKENIZERS) and refuse others.
+- `tokenizer.json` (byte-level BPE) -> `"gpt2"` with tokens, token types, merges and `tokenizer.ggml.pre`;
+  without it, GPT2Tokenizer's `vocab.json` + `merges.txt` (as OPT ships them) stand for GPT-2's tokenizer.json.
+  llama.cpp picks `pre` by hashing the tokenizer's output on a check text, which only knows published
+  vocabularies; we map the pre-tokenizer steps declared in tokenizer.json instead (names llama.cpp accepts,
+  listed in PRE_TOKENIZERS; the normalizer is ignored, as llama.cpp does) and refuse other steps.
 - `tokenizer_config.json` (+ `chat_template.jinja`): special token ids, add_bos/add_eos, chat template.
 """
 
@@ -17,19 +19,30 @@ from .errors import ConvertError, UnsupportedError
 # llama.cpp token types (llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-# (Split regexes, Digits(individual_digits), ByteLevel(use_regex), BPE ignore_merges) -> tokenizer.ggml.pre
+_BLOOM_RE = r" ?[^(\s|[.,!?…。，、।۔،])]+"  # as BLOOM's tokenizer.json writes it (a nested character class)
+_BYTES = ("ByteLevel", False, False)  # ByteLevel(add_prefix_space=False, use_regex=False) after a Split
+_BYTES_GPT2 = ("ByteLevel", False, True)  # ByteLevel(add_prefix_space=False) with GPT-2's own regex
+
+
+def _split(regex: str) -> tuple:
+    return ("Split", regex, "Isolated", False)
+
+
+# (pre-tokenizer steps as _step() describes them, BPE ignore_merges) -> tokenizer.ggml.pre, with names llama.cpp
+# accepts (its converter finds the same ones by hashing the token ids of a check text).
 PRE_TOKENIZERS = {
-    ((), False, True, False): "gpt2",
-    ((), True, True, False): "smollm",
-    ((_LLAMA3_RE,), False, False, True): "llama-bpe",
-    ((_LLAMA3_RE,), False, False, False): "smaug-bpe",
-    ((_QWEN2_RE,), False, False, False): "qwen2",
+    ((_BYTES_GPT2,), False): "gpt-2",  # GPT-2, GPT-NeoX/Pythia, MPT (NFC normalizer), OPT, Phi-2 (CodeGen)
+    ((("Digits", True), _BYTES_GPT2), False): "smollm",
+    ((_split(_LLAMA3_RE), _BYTES), True): "llama-bpe",
+    ((_split(_LLAMA3_RE), _BYTES), False): "smaug-bpe",
+    ((_split(_QWEN2_RE), _BYTES), False): "qwen2",
+    ((("Punctuation", "Contiguous"), _BYTES_GPT2, ("Digits", False), _split("[0-9][0-9][0-9]")), False): "falcon",
+    ((_split(_BLOOM_RE), _BYTES), False): "bloom",
 }
 
 
@@ -40,18 +53,28 @@ def _read_json(path: Path):
         raise ConvertError(f"{path}: cannot read JSON ({e})") from None
 
 
+def _step(s: dict) -> tuple:
+    """One tokenizer.json pre-tokenizer step as a comparable tuple (its type and the options that change ids)."""
+    kind = s.get("type")
+    if kind == "Split":
+        pattern = s.get("pattern") or {}
+        return kind, pattern.get("Regex", pattern.get("String")), s.get("behavior"), bool(s.get("invert"))
+    if kind == "ByteLevel":
+        return kind, bool(s.get("add_prefix_space")), bool(s.get("use_regex", True))
+    if kind == "Digits":
+        return kind, bool(s.get("individual_digits"))
+    if kind == "Punctuation":
+        return kind, s.get("behavior", "Isolated")
+    return (kind,)
+
+
 def _pre_tokenizer_name(tok: dict, path: Path) -> str:
     pt = tok.get("pre_tokenizer") or {}
-    steps = pt.get("pretokenizers", []) if pt.get("type") == "Sequence" else [pt]
-    splits = tuple(s.get("pattern", {}).get("Regex", s.get("pattern", {}).get("String"))
-                   for s in steps if s.get("type") == "Split")
-    digits = any(s.get("type") == "Digits" and s.get("individual_digits") for s in steps)
-    bytelevel = any(s.get("type") == "ByteLevel" and s.get("use_regex", True) for s in steps)
-    key = (splits, digits, bytelevel, bool((tok.get("model") or {}).get("ignore_merges")))
+    steps = tuple(map(_step, pt.get("pretokenizers", []) if pt.get("type") == "Sequence" else [pt]))
+    key = (steps, bool((tok.get("model") or {}).get("ignore_merges")))
     if key not in PRE_TOKENIZERS:
-        raise UnsupportedError(f"{path}: BPE pre-tokenizer not recognized (steps {[s.get('type') for s in steps]}, "
-                               f"regexes {list(splits)}, ignore_merges {key[3]}); known: "
-                               f"{', '.join(PRE_TOKENIZERS.values())}")
+        raise UnsupportedError(f"{path}: BPE pre-tokenizer not recognized (steps {list(steps)}, ignore_merges "
+                               f"{key[1]}); known: {', '.join(PRE_TOKENIZERS.values())}")
     return PRE_TOKENIZERS[key]
 
 
@@ -144,6 +167,25 @@ def _bpe(tok: dict, path: Path, n_vocab: int):
     return tokens, types, merges, vocab
 
 
+def _gpt2_files(model_dir: Path, tcfg: dict) -> dict:
+    """vocab.json + merges.txt (GPT2Tokenizer's own files; OPT checkpoints ship only these) as the tokenizer.json
+    they stand for: GPT-2's byte-level pre-tokenizer, and the special tokens tokenizer_config.json names (and
+    added_tokens.json lists) as added tokens."""
+    vocab = _read_json(model_dir / "vocab.json")
+    try:
+        lines = (model_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConvertError(f"{model_dir / 'merges.txt'}: cannot read ({e})") from None
+    added_path = model_dir / "added_tokens.json"
+    added = [{"id": i, "content": t, "special": False}
+             for t, i in (_read_json(added_path) if added_path.is_file() else {}).items()]
+    specials = {_token_content(tcfg.get(f"{kind}_token")) for kind in ("bos", "eos", "unk", "pad")}
+    added += [{"id": vocab[t], "content": t, "special": True} for t in specials if isinstance(t, str) and t in vocab]
+    merges = [m for m in lines if m and not m.startswith("#version")]
+    return {"model": {"type": "BPE", "vocab": vocab, "merges": merges}, "added_tokens": added,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": bool(tcfg.get("add_prefix_space"))}}
+
+
 def vocab_metadata(model_dir, config: dict) -> dict:
     """GGUF tokenizer.* keys for the tokenizer files in model_dir (numeric arrays as numpy)."""
     model_dir = Path(model_dir)
@@ -156,14 +198,16 @@ def vocab_metadata(model_dir, config: dict) -> dict:
         md.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
                    "tokenizer.ggml.add_space_prefix": add_space_prefix})
         tok = {}
-    elif (model_dir / "tokenizer.json").is_file():
-        tok = _read_json(model_dir / "tokenizer.json")
-        tokens, types, merges, _ = _bpe(tok, model_dir / "tokenizer.json", n_vocab)
+    elif (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file():
+        json_path = model_dir / "tokenizer.json"
+        path = json_path if json_path.is_file() else model_dir / "vocab.json"
+        tok = _read_json(path) if path == json_path else _gpt2_files(model_dir, tcfg)
+        tokens, types, merges, _ = _bpe(tok, path, n_vocab)
         scores = None
-        md.update({"tokenizer.ggml.model": "gpt2",
-                   "tokenizer.ggml.pre": _pre_tokenizer_name(tok, model_dir / "tokenizer.json")})
+        md.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _pre_tokenizer_name(tok, path)})
     else:
-        raise ConvertError(f"{model_dir}: no tokenizer found (expected tokenizer.model or tokenizer.json)")
+        raise ConvertError(f"{model_dir}: no tokenizer found (expected tokenizer.model, tokenizer.json or "
+                           "vocab.json + merges.txt)")
     # added tokens declared in tokenizer_config.json (SentencePiece models keep them only there)
     for sid, t in (tcfg.get("added_tokens_decoder") or {}).items():
         i = int(sid)

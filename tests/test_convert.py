@@ -92,7 +92,7 @@ def test_tokenizer_ids_match_transformers(checkpoints, tmp_path):
     assert ours.decode(ours.encode(TEXT, add_bos=False)) == TEXT
 
 
-@pytest.mark.parametrize("pre", ["gpt2", "qwen2", "smollm"])
+@pytest.mark.parametrize("pre", ["gpt-2", "qwen2", "smollm"])
 def test_bpe_pre_tokenizers(tmp_path, pre):
     n = bpe_tokenizer(tmp_path, pre)
     md = vocab_metadata(tmp_path, {"vocab_size": n})
@@ -117,7 +117,7 @@ def test_sentencepiece_tokenizer(checkpoints, tmp_path):
 
 def test_bpe_without_merges_is_refused(tmp_path):
     """llama.cpp needs tokenizer.ggml.merges and GGUF cannot store an empty array: a clear error, not a crash."""
-    n = bpe_tokenizer(tmp_path, "gpt2")
+    n = bpe_tokenizer(tmp_path, "gpt-2")
     tok = json.loads((tmp_path / "tokenizer.json").read_text())
     tok["model"]["merges"] = []
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
@@ -143,7 +143,7 @@ def test_dry_run_writes_nothing(checkpoints, capsys):
 
 def test_row_fallback_is_reported(tmp_path):
     """Rows of 64 do not fit Q4_K / Q6_K blocks: llama.cpp's fallbacks Q5_0 / Q8_0, and a note says so."""
-    n = bpe_tokenizer(tmp_path, "gpt2")
+    n = bpe_tokenizer(tmp_path, "gpt-2")
     save_model(tmp_path, "llama", "safetensors", n, hidden_size=64, intermediate_size=128)
     lines = []
     r = convert(tmp_path, None, "q4_k_m", dry_run=True, log=lines.append)

@@ -6,14 +6,7 @@
   llama-cpp-python source package), one vocabulary per pre-tokenizer family we support.
 """
 
-import hashlib
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +14,8 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
+from vocab_files import mistral_tokenizer_model, read_vectors
 
-from runtime import registry
 from runtime.errors import TokenizerError
 from runtime.gguf import GGUFFile
 from runtime.tokenizer import PRE_TOKENIZERS, StreamDecoder, Tokenizer
@@ -49,30 +42,6 @@ SAMPLES = [
     "a",
 ]
 TEXT = "\n".join(SAMPLES) * 3
-
-
-def _fetch_member(requirement: str, member: str, sha256: str, dest: Path, sdist: bool = False) -> Path:
-    """Download a pinned package with pip once, keep one member of it (checked) in the cache."""
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement]
-        if sdist:
-            cmd[5:5] = ["--no-binary", requirement.split("==")[0]]
-        subprocess.run(cmd, check=True, capture_output=True)
-        (archive,) = Path(tmp).iterdir()
-        if hashlib.sha256(archive.read_bytes()).hexdigest() != sha256:
-            raise AssertionError(f"{archive.name}: sha256 mismatch")
-        if sdist:
-            with tarfile.open(archive) as tar:
-                wanted = [m for m in tar.getmembers() if m.name.startswith(f"{member}/ggml-vocab-")]
-                tar.extractall(tmp, members=wanted, filter="data")
-            (Path(tmp) / member).rename(dest)
-        else:
-            with zipfile.ZipFile(archive) as z:
-                dest.write_bytes(z.read(member))
-    return dest
 
 
 # ---------------------------------------------------------------- real models vs transformers
@@ -202,10 +171,7 @@ def test_build_and_encode_speed(real, model_path):
 
 @pytest.fixture(scope="module")
 def mistral_model():
-    path = _fetch_member("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1",
-                         "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af",
-                         registry.cache_dir() / "vocab" / "mistral-tokenizer.model.v1")
-    return spm.SentencePieceProcessor(model_file=str(path))
+    return spm.SentencePieceProcessor(model_file=str(mistral_tokenizer_model()))
 
 
 def _spm_metadata(sp) -> dict:
@@ -248,7 +214,6 @@ def test_sentencepiece_byte_fallback_and_space_prefix(mistral_model):
 
 # ---------------------------------------------------------------- llama.cpp test vectors
 
-LLAMA_CPP_SDIST = ("llama-cpp-python==0.3.36", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
 VOCABS = {  # vocabulary file -> the pre-tokenizer family it checks
     "llama-spm": None, "phi-3": None, "llama-bpe": "llama-bpe", "qwen2": "qwen2", "gpt-2": "gpt-2", "mpt": "mpt",
     "falcon": "falcon", "starcoder": "starcoder", "refact": "refact", "command-r": "command-r",
@@ -256,17 +221,10 @@ VOCABS = {  # vocabulary file -> the pre-tokenizer family it checks
 }
 
 
-@pytest.fixture(scope="module")
-def vocab_dir():
-    """llama.cpp's vocab GGUFs and test vectors, extracted once from the llama-cpp-python source package."""
-    req, sha = LLAMA_CPP_SDIST
-    member = f"llama_cpp_python-{req.split('==')[1]}/vendor/llama.cpp/models"
-    return _fetch_member(req, member, sha, registry.cache_dir() / "vocab" / "llama.cpp-models", sdist=True)
-
-
 def test_every_claimed_pre_tokenizer_family_is_checked():
     checked = {tuple(PRE_TOKENIZERS[pre][0]) for pre in filter(None, VOCABS.values())} | {
-        tuple(PRE_TOKENIZERS["smollm"][0])}  # smollm: the real model above
+        tuple(PRE_TOKENIZERS["smollm"][0]),  # smollm: the real model above
+        tuple(PRE_TOKENIZERS["bloom"][0])}  # bloom: BLOOM's tokenizer.json pre-tokenizer, test_tokenizer_families.py
     unchecked = {pre for pre, (regexes, *_) in PRE_TOKENIZERS.items() if tuple(regexes) not in checked}
     assert unchecked == {"default"}  # llama.cpp's fallback for files without tokenizer.ggml.pre: no test vectors
 
@@ -276,12 +234,9 @@ def test_llama_cpp_vocab_test_vectors(vocab_dir, vocab):
     with GGUFFile(vocab_dir / f"ggml-vocab-{vocab}.gguf") as f:
         tok = Tokenizer.from_gguf(f.metadata)
     assert tok.pre == VOCABS[vocab]
-    texts = (vocab_dir / f"ggml-vocab-{vocab}.gguf.inp").read_text("utf-8").split("\n__ggml_vocab_test__\n")[:-1]
-    expected = (vocab_dir / f"ggml-vocab-{vocab}.gguf.out").read_text("utf-8").splitlines()
-    assert len(texts) == len(expected) > 30
-    for text, line in zip(texts, expected, strict=True):
+    for text, expected in read_vectors(vocab_dir, vocab):
         ids = tok.encode(text, add_bos=False, special=False)
-        assert ids == [int(x) for x in line.split()], text
+        assert ids == expected, text
         assert tok.decode(ids) == text
 
 
@@ -304,7 +259,7 @@ def test_tiny_bpe_works():
 @pytest.mark.parametrize("overrides, message", [
     ({"tokenizer.ggml.model": "bert"}, "'bert'; supported: llama, gpt2"),
     ({"tokenizer.ggml.model": None}, "no 'tokenizer.ggml.model'"),
-    ({"tokenizer.ggml.pre": "bloom"}, "'bloom'; supported: default, gpt2"),
+    ({"tokenizer.ggml.pre": "chameleon"}, "'chameleon'; supported: default, gpt2"),
     ({"tokenizer.ggml.tokens": []}, "non-empty list of strings"),
     ({"tokenizer.ggml.token_type": np.array([1, 1], np.int32)}, "4 entries"),
     ({"tokenizer.ggml.merges": ["a b c"]}, "tokenizer.ggml.merges"),
