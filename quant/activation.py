@@ -1,39 +1,83 @@
 """Quantize float32 activations to Q8_0 / Q8_K for the integer kernels (ggml's vec_dot_type).
 
-Returns the quants as float32 holding exact integers (what the kernels consume) and the block scales:
-Q8_0 (32-blocks, scale rounded to fp16, round half away from zero, as quantize_row_q8_0_ref) for the
-32-block weight types; Q8_K (256-blocks, float32 scale, the signed extreme maps to -127, round to
-nearest even, as quantize_row_q8_K_ref) for the K-quants.
+Output per activation row: int8 quants qx (n,), float32 block scales dx, and int32 sums of qx over every
+16 elements bs (n // 16,) (ggml's bsums), which carry the weights' offsets and sub-block minimums.
+Q8_0 (32-blocks): d = amax / 127 rounded to fp16, qx = roundf(x / d)  (quantize_row_q8_0_ref).
+Q8_K (256-blocks): the signed extreme maps to -127, nearest even, float32 d  (quantize_row_q8_K_ref).
 """
 
 import numpy as np
+from numba import njit
 
+from .fp16 import half_to_float
+from .quantize import _absmax_signed, _nearest_int, _roundf, float_to_half
 from .types import QK_K
 
+jit = njit(cache=True, nogil=True, error_model="numpy")
 
-def _blocks(x: np.ndarray, size: int) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x.reshape(*x.shape[:-1], x.shape[-1] // size, size)
+
+@jit
+def _q8_0_row(x, qx, dx):
+    for b in range(x.shape[0] // 32):
+        amax = np.float32(0.0)
+        for j in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[j]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        dx[b] = half_to_float(float_to_half(d))
+        for j in range(32 * b, 32 * b + 32):
+            qx[j] = _roundf(x[j] * inv)
+
+
+@jit
+def _q8_k_row(x, qx, dx):
+    for b in range(x.shape[0] // QK_K):
+        xb = x[QK_K * b:QK_K * (b + 1)]
+        extreme = _absmax_signed(xb)
+        if extreme == 0:
+            dx[b] = 0.0
+            qx[QK_K * b:QK_K * (b + 1)] = 0
+            continue
+        iscale = np.float32(-127.0) / extreme
+        dx[b] = np.float32(1.0) / iscale
+        for j in range(QK_K):
+            qx[QK_K * b + j] = min(127, _nearest_int(iscale * xb[j]))
+
+
+@jit
+def quantize_rows(X, block, qx, dx, bs):
+    """X (n_tok, n) float32 -> qx (n_tok, n) int8, dx (n_tok, n // block), bs (n_tok, n // 16) int32."""
+    for t in range(X.shape[0]):
+        if block == QK_K:
+            _q8_k_row(X[t], qx[t], dx[t])
+        else:
+            _q8_0_row(X[t], qx[t], dx[t])
+        for s in range(bs.shape[1]):
+            total = 0
+            for j in range(16 * s, 16 * s + 16):
+                total += qx[t, j]
+            bs[t, s] = total
+
+
+def quantize_activations(X: np.ndarray, block: int):
+    """X (n_tok, n) float32 -> (qx int8, dx float32, bs int32) for weights of `block` (32 -> Q8_0, 256 -> Q8_K)."""
+    n_tok, n = X.shape
+    block = QK_K if block == QK_K else 32
+    qx, dx = np.empty((n_tok, n), np.int8), np.empty((n_tok, n // block), np.float32)
+    bs = np.empty((n_tok, n // 16), np.int32)
+    quantize_rows(X, block, qx, dx, bs)
+    return qx, dx, bs
 
 
 def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (..., n) -> quants (..., n) f32 in [-127, 127], scales (..., n // 32) f32 (fp16 values)."""
-    b = _blocks(x, 32)  # (..., n_blocks, 32)
-    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    v = b * inv
-    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))  # roundf: half away from zero
-    return q.reshape(np.shape(x)).astype(np.float32), d[..., 0].astype(np.float16).astype(np.float32)
+    """x (..., n) -> quants (..., n) int8, scales (..., n // 32) float32 (fp16 values)."""
+    X = np.ascontiguousarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+    qx, dx, _ = quantize_activations(X, 32)
+    return qx.reshape(np.shape(x)), dx.reshape(*np.shape(x)[:-1], -1)
 
 
 def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (..., n) -> quants (..., n) f32 in [-128, 127], scales (..., n // 256) f32."""
-    b = _blocks(x, QK_K)  # (..., n_blocks, 256)
-    i = np.abs(b).argmax(axis=-1)[..., None]
-    extreme = np.take_along_axis(b, i, axis=-1)  # the signed value of largest magnitude
-    with np.errstate(divide="ignore"):
-        iscale = np.where(extreme == 0, np.float32(0), np.float32(-127) / extreme).astype(np.float32)
-        d = np.where(iscale == 0, np.float32(0), np.float32(1) / iscale).astype(np.float32)
-    q = np.minimum(np.rint(b * iscale), np.float32(127))
-    return q.reshape(np.shape(x)).astype(np.float32), d[..., 0]
+    """x (..., n) -> quants (..., n) int8 in [-127, 127], scales (..., n // 256) float32."""
+    X = np.ascontiguousarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+    qx, dx, _ = quantize_activations(X, QK_K)
+    return qx.reshape(np.shape(x)), dx.reshape(*np.shape(x)[:-1], -1)

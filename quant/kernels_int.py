@@ -1,70 +1,68 @@
-"""Integer path (ggml's scheme): activations quantized to Q8_0 / Q8_K once per call, an exact integer dot
-per weight sub-block, float scales applied after.
+"""Integer path (ggml's scheme): activations quantized to Q8_0 / Q8_K once per call, then integer dots of
+32 weights at a time (quant.simd intrinsics) with float scales per block (quant.int_dot).
 
-Numba widens int8 arithmetic to 64-bit lanes (4 per AVX2 register), so the integer sums are computed in
-float32 lanes instead: every partial sum of a sub-block is an integer below 2^24 (at most 32 terms of
-|q| <= 128 times |qx| <= 127), hence exact in any summation order; the result equals ggml's int32 dot.
-Each decoded weight block is reused across all tokens of the batch.
+Types without an integer kernel (F32, F16, BF16) use the float path (quant.matrix decides).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .activation import quantize_q8_0, quantize_q8_k
-from .fused_dot import FAST
-from .kernel_blocks import MAX_SUB, decode_block
-from .kernels_float import sub_sums
+from .activation import quantize_activations, quantize_rows
+from .int_dot import row_dot
 from .types import QK_K
+
+ROWS_PER_TASK = 16  # rows per prange iteration
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_dots(code, block, sub, row, qx, dx, qblock, xmin, q, sc, mn, y):
-    """y (n_tok,) = one quantized row dotted with every quantized activation row.
-
-    qx (n_tok, n_cols) integer quants, dx (n_tok, n_cols // qblock) their scales,
-    xmin (n_tok, n_cols // sub) = dx * (sum of qx over each weight sub-block).
-    """
-    nsub = block // sub
-    y[:] = 0.0
-    for ib in range(qx.shape[1] // block):
-        decode_block(code, row, ib, q, sc, mn)  # decoded once, used for every token
-        for t in range(qx.shape[0]):
-            total = np.float32(0.0)
-            for s in range(nsub):
-                o = ib * block + s * sub
-                isum = np.float32(0.0)
-                for l in range(sub):  # hot loop: exact integer sum
-                    isum += q[s * sub + l] * qx[t, o + l]
-                total += sc[s] * dx[t, o // qblock] * isum - mn[s] * xmin[t, ib * nsub + s]
-            y[t] += total
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def _row_dots_any(code, block, sub, row, qx, dx, qblock, xmin, q, sc, mn, y):
-    _row_dots(code, block, sub, row, qx, dx, qblock, xmin, q, sc, mn, y)
+def _is_k(code):
+    return 10 <= code <= 14  # Q2_K..Q6_K: Q8_K activations (256-blocks); the others Q8_0
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _matmul(raw, code, block, sub, qx, dx, qblock, xmin, out):
-    """out (n_rows, n_tok) = W @ dequant(qx).T, weights never decoded to float."""
-    for r in prange(raw.shape[0]):
-        q = np.empty(block, np.float32)
-        sc = np.empty(MAX_SUB, np.float32)
-        mn = np.empty(MAX_SUB, np.float32)
-        _row_dots_any(code, block, sub, raw[r], qx, dx, qblock, xmin, q, sc, mn, out[r])
+def matvec_many(raws, codes, x, ys):
+    """ys[m] (n_rows_m,) = W_m x for weight matrices raws[m] (n_rows_m, row_bytes_m) of GGMLType codes[m] that
+    share the input x (n,): x is quantized once per activation type, and one parallel loop covers every row."""
+    n, n_mats = x.shape[0], len(raws)
+    X = x.reshape((1, n))
+    qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // 32), np.float32), np.empty((1, n // 16), np.int32)
+    qxk, dxk, bsk = np.empty((1, n), np.int8), np.empty((1, n // QK_K), np.float32), np.empty((1, n // 16), np.int32)
+    starts = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
+    need_k = need_0 = False
+    for m in range(n_mats):
+        starts[m + 1] = starts[m] + (raws[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        need_k |= _is_k(codes[m])
+        need_0 |= not _is_k(codes[m])
+    if need_k:
+        quantize_rows(X, QK_K, qxk, dxk, bsk)
+    if need_0:
+        quantize_rows(X, 32, qx0, dx0, bs0)
+    for task in prange(starts[n_mats]):
+        m = 0
+        while task >= starts[m + 1]:
+            m += 1
+        raw, code, y = raws[m], codes[m], ys[m]
+        r0 = (task - starts[m]) * ROWS_PER_TASK
+        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):
+            if _is_k(code):
+                y[r] = row_dot(code, raw[r], qxk[0], dxk[0], bsk[0])
+            else:
+                y[r] = row_dot(code, raw[r], qx0[0], dx0[0], bs0[0])
 
 
-def quantize_activations(X: np.ndarray, block: int, sub: int):
-    """X (n_tok, n_cols) -> (qx, dx, qblock, xmin): Q8_K for 256-blocks, Q8_0 for 32-blocks."""
-    qblock = QK_K if block == QK_K else 32
-    qx, dx = (quantize_q8_k if qblock == QK_K else quantize_q8_0)(X)
-    xmin = sub_sums(qx, sub) * np.repeat(dx, qblock // sub, axis=-1)  # (n_tok, n_cols // sub)
-    return qx, dx, qblock, xmin
+@njit(cache=True, nogil=True, parallel=True)
+def _matmul(raw, code, qx, dx, bs, out):
+    """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T; each row is read once for all tokens."""
+    n = raw.shape[0]
+    for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            for k in range(qx.shape[0]):
+                out[k, r] = row_dot(code, row, qx[k], dx[k], bs[k])
 
 
-def matmul(raw, code, block, sub, X):
-    """(n_tok, n_rows) = X (n_tok, n_cols) @ W.T with Q8-quantized activations."""
-    qx, dx, qblock, xmin = quantize_activations(X, block, sub)
-    out = np.empty((raw.shape[0], X.shape[0]), np.float32)  # (n_rows, n_tok)
-    _matmul(raw, code, block, sub, qx, dx, qblock, xmin, out)
-    return out.T
+def matmul(raw, code, block, X, out):
+    """out (n_tok, n_rows) = X (n_tok, n_cols) @ W.T with Q8-quantized activations."""
+    qx, dx, bs = quantize_activations(X, block)
+    _matmul(raw, code, qx, dx, bs, out)
+    return out

@@ -3,8 +3,12 @@
 Two kernel paths (docs in kernels_float.py / kernels_int.py):
   "float": weights decoded on the fly against float32 activations (exact up to float32 rounding);
   "int":   activations quantized to Q8_0/Q8_K and integer dots per block, as llama.cpp does.
-The float types (F32/F16/BF16) always use the float path. DEFAULT_PATH applies where none is given.
+The float types (F32/F16/BF16) always use the float path. DEFAULT_PATH applies where none is given:
+"int" (llama.cpp's numerics, the fast path), or the environment variable LLAMBA_KERNELS ("float" gives
+results as close to float32 dequantized weights as possible, for comparisons with float references).
 """
+
+import os
 
 import numpy as np
 
@@ -14,7 +18,7 @@ from .kernel_blocks import layout
 from .types import GGMLType, QuantTypeError, row_bytes, type_info
 
 PATHS = ("float", "int")
-DEFAULT_PATH = "float"
+DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
@@ -53,7 +57,7 @@ class QMatrix:
                                  f" bytes, raw has {raw.shape[1]}")
         self.path = path or DEFAULT_PATH
         if self.path not in PATHS:
-            raise ValueError(f"unknown kernel path {self.path!r}; choose one of {PATHS}")
+            raise ValueError(f"unknown kernel path {self.path!r} (LLAMBA_KERNELS?); choose one of {PATHS}")
         self.raw = _readonly(np.ascontiguousarray(raw))  # (n_rows, row_bytes); no copy when contiguous
         self.n_cols = int(n_cols)
         self._block, self._sub = layout(self.qtype, self.n_cols)
@@ -87,10 +91,11 @@ class QMatrix:
     def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # x (n_cols,) float32 -> (n_rows,) float32
         x = _f32(x, 1, self.n_cols, "x")
-        if self._int:
-            return _deliver(kernels_int.matmul(self.raw, int(self.qtype), self._block, self._sub, x[None])[0], out)
         direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
         y = out if direct else np.empty(self.n_rows, np.float32)
+        if self._int:
+            kernels_int.matvec_many((self.raw,), (int(self.qtype),), x, (y,))
+            return y if direct else _deliver(y, out)
         xsum = kernels_float.sub_sums(x, self._sub)
         kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
         return y if direct else _deliver(y, out)
@@ -98,12 +103,27 @@ class QMatrix:
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # X (n_tokens, n_cols) float32 -> (n_tokens, n_rows) float32
         X = _f32(X, 2, self.n_cols, "X")
-        if self._int:
-            Y = kernels_int.matmul(self.raw, int(self.qtype), self._block, self._sub, X)
-            return _deliver(np.ascontiguousarray(Y), out)
-        if X.shape[0] == 1:
+        if X.shape[0] == 1 and not self._int:
             return _deliver(self.matvec(X[0])[None], out)
-        direct = out is not None and out.dtype == np.float32 and out.shape == (X.shape[0], self.n_rows)
+        direct = (out is not None and out.dtype == np.float32 and out.shape == (X.shape[0], self.n_rows)
+                  and out.flags.c_contiguous)
         Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)
-        kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
+        if self._int:
+            kernels_int.matmul(self.raw, int(self.qtype), self._block, X, Y)
+        else:
+            kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
         return Y if direct else _deliver(Y, out)
+
+
+def matvec_many(mats, x: np.ndarray, outs) -> None:
+    """outs[i] (n_rows_i,) = mats[i] @ x (n_cols,) for matrices sharing one input (Q, K, V; gate, up): on the
+    integer path x is quantized once and all rows run in one parallel loop. outs: float32 C-contiguous."""
+    if all(m._int for m in mats) and len({m.n_cols for m in mats}) == 1:
+        x = _f32(x, 1, mats[0].n_cols, "x")
+        for m, y in zip(mats, outs, strict=True):
+            if y.dtype != np.float32 or y.shape != (m.n_rows,) or not y.flags.c_contiguous:
+                raise ValueError(f"out must be float32 of shape ({m.n_rows},), contiguous; got {y.dtype} {y.shape}")
+        kernels_int.matvec_many(tuple(m.raw for m in mats), tuple(int(m.qtype) for m in mats), x, tuple(outs))
+    else:
+        for m, y in zip(mats, outs, strict=True):
+            m.matvec(x, out=y)

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from quant import QMatrix
+from quant.matrix import matvec_many
 
 from .archs.base import RopeScaling
 
@@ -233,16 +234,28 @@ def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None =
     return out
 
 
+def linear_many(x: np.ndarray, *parts) -> list:
+    """[linear(w, x, out, bias) for (w, out, bias) in parts], sharing one activation quantization and one
+    parallel kernel call for a single token (Q, K, V; gate, up)."""
+    if x.shape[0] != 1:
+        return [linear(w, x, out, bias) for w, out, bias in parts]
+    matvec_many([w for w, _, _ in parts], x[0], [out[0] for _, out, _ in parts])
+    for _, out, bias in parts:
+        if bias is not None:
+            out += bias
+    return [out for _, out, _ in parts]
+
+
 def mlp(h: np.ndarray, w_up: QMatrix, w_down: QMatrix, w_gate: QMatrix | None, act, up: np.ndarray,
         gate: np.ndarray, out: np.ndarray, b_up: np.ndarray | None = None,
         b_down: np.ndarray | None = None) -> np.ndarray:
     """h (n, n_embd) -> out (n, n_embd) = down(act(gate(h)) * up(h)), or down(act(up(h))) without a gate.
     up, gate: (n, n_ff) scratch."""
-    u = linear(w_up, h, up, b_up)
     if w_gate is None:
-        act(u)
+        u = act(linear(w_up, h, up, b_up))
     else:
-        u *= act(linear(w_gate, h, gate))
+        u, g = linear_many(h, (w_up, up, b_up), (w_gate, gate, None))
+        u *= act(g)
     return linear(w_down, u, out, b_down)
 
 
@@ -339,9 +352,8 @@ class DecoderLayer:
         # b.x (n, n_embd) updated in place; k_cache, v_cache (n_head_kv, n_ctx, head_dim) of this layer
         w, n, hd = self.w, b.n, self.head_dim
         h = w.attn_norm(b.x, b.h)
-        q = linear(w.wq, h, b.q, w.bq).reshape(n, self.n_head, hd)
-        k = linear(w.wk, h, b.k, w.bk).reshape(n, self.n_head_kv, hd)
-        v = linear(w.wv, h, b.v, w.bv).reshape(n, self.n_head_kv, hd)
+        q, k, v = linear_many(h, (w.wq, b.q, w.bq), (w.wk, b.k, w.bk), (w.wv, b.v, w.bv))
+        q, k, v = q.reshape(n, self.n_head, hd), k.reshape(n, self.n_head_kv, hd), v.reshape(n, self.n_head_kv, hd)
         if self.clamp:
             for t in (q, k, v):
                 np.clip(t, -self.clamp, self.clamp, out=t)

@@ -1,0 +1,261 @@
+"""Integer dot products of weight quants with int8 activations, written as LLVM vector IR.
+
+Numba types every integer operation on 64-bit lanes (4 per AVX2 register), so ggml's block dots are
+emitted here directly through `numba.extending.intrinsic`. The unit is 32 weight quants u[l] (unpacked
+from raw bytes with vector shifts and masks) against 32 int8 activations x[l]:
+
+  madd(u, x) -> 8 x i32, lane k = sum(u[l] x[l], 4k <= l < 4k + 4)
+
+With AVX2 that is vpmaddubsw (u8 x s8 -> s16 pairs; never saturates for |u| <= 128, |x| <= 127, or u <= 63)
+and vpmaddwd; signed quants use ggml's trick |u| x sign(u). Without AVX2 (or when Numba targets another
+CPU) the same sums come from plain widening multiplies, which any LLVM target compiles.
+
+The intrinsics keep these vectors in registers across a whole block or row and reduce once:
+  dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) with float32 vector accumulators;
+  dot_q4k_block / dot_q5k_block   one 256-block of Q4_K / Q5_K, 8 sub-block scales applied as integers;
+  dot_q6k_block   one 256-block of Q6_K (16 int8 scales inside the block);
+  dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K).
+"""
+
+from llvmlite import binding, ir
+from numba import config, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+V32x8, V16x16, V8x32, V8xF = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
+
+
+def _host_avx2() -> bool:
+    if config.CPU_NAME not in (None, "host"):  # compiling for another CPU: stay portable
+        return False
+    return bool(binding.get_host_cpu_features().get("avx2", False))
+
+
+AVX2 = _host_avx2()
+
+
+# ---- IR helpers ----
+
+def _fn(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _splat(builder, value, n, t=I8):
+    """<n x t> with every lane `value` (an ir.Value or a Python number)."""
+    vt = ir.VectorType(t, n)
+    if isinstance(value, (int, float)):
+        return ir.Constant(vt, [value] * n)
+    if value.type != t:
+        value = builder.trunc(value, t)
+    v = builder.insert_element(ir.Constant(vt, None), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, None), ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, len(lanes)), list(lanes)))
+
+
+class _Arrays:
+    """Data pointers and lengths of the array arguments of an intrinsic."""
+
+    def __init__(self, context, builder, sig, args):
+        self.context, self.builder, self.sig, self.args = context, builder, sig, args
+
+    def data(self, i):
+        return self.context.make_array(self.sig.args[i])(self.context, self.builder, value=self.args[i]).data
+
+    def length(self, i):
+        ary = self.context.make_array(self.sig.args[i])(self.context, self.builder, value=self.args[i])
+        return self.builder.extract_value(ary.shape, 0)
+
+    def int(self, i):
+        return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
+
+    def load(self, i, offset, t):
+        """A scalar or vector of type t at byte/element `offset` of array i (unaligned)."""
+        ptr = self.builder.gep(self.data(i), [offset])
+        return self.builder.load(self.builder.bitcast(ptr, t.as_pointer()), align=1)
+
+
+def _half(builder, arrays, i, offset):
+    """The fp16 at bytes offset.. of array i as float32 (vcvtph2ps with F16C; NaN payloads are quieted)."""
+    return builder.fpext(builder.bitcast(arrays.load(i, offset, I16), ir.HalfType()), F32)
+
+
+def _madd(builder, u, x, signed):
+    """8 x i32: lane k = sum(u[l] x[l], 4k <= l < 4k + 4); u unsigned unless `signed`."""
+    if AVX2:
+        if signed:  # |u| times x with u's sign
+            psign = _fn(builder, "llvm.x86.avx2.psign.b", V32x8, [V32x8, V32x8])
+            u, x = builder.call(psign, [u, u]), builder.call(psign, [x, u])
+        p16 = builder.call(_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", V16x16, [V32x8, V32x8]), [u, x])
+        return builder.call(_fn(builder, "llvm.x86.avx2.pmadd.wd", V8x32, [V16x16, V16x16]),
+                            [p16, ir.Constant(V16x16, [1] * 16)])
+    wide = ir.VectorType(I32, 32)
+    p = builder.mul(builder.sext(u, wide) if signed else builder.zext(u, wide), builder.sext(x, wide))
+    quads = [_shuffle(builder, p, p, range(j, 32, 4)) for j in range(4)]
+    return builder.add(builder.add(quads[0], quads[1]), builder.add(quads[2], quads[3]))
+
+
+def _reduce_i32(builder, v):
+    return builder.call(_fn(builder, "llvm.vector.reduce.add.v8i32", I32, [V8x32]), [v])
+
+
+def _halves(builder, s0, s1):
+    """8 x i32 scale vector: s0 for lanes 0-3 (elements 0..15), s1 for lanes 4-7 (elements 16..31)."""
+    return _shuffle(builder, _splat(builder, s0, 8, I32), _splat(builder, s1, 8, I32), [0, 1, 2, 3, 12, 13, 14, 15])
+
+
+def _field(builder, v, shift, mask):
+    return builder.and_(builder.lshr(v, _splat(builder, shift, 32)), _splat(builder, mask, 32))
+
+
+_BIT_OF_LANE = [1 << (lane % 8) for lane in range(32)]
+
+
+def _nibbles_32(builder, arrays, i, qs, qh, hbit):
+    """The 32-block layout of Q4_0..Q5_1: byte qs + l holds element l (low nibble) and 16 + l (high nibble),
+    plus hbit where bit j of the 4 bytes at qh is set (Q5's fifth bits; qh None: none)."""
+    v = arrays.load(i, qs, ir.VectorType(I8, 16))
+    u = _shuffle(builder, builder.and_(v, _splat(builder, 15, 16)), builder.lshr(v, _splat(builder, 4, 16)), range(32))
+    if qh is None:
+        return u
+    bits = arrays.load(i, qh, ir.VectorType(I8, 4))
+    spread = _shuffle(builder, bits, ir.Constant(bits.type, None), [j // 8 for j in range(32)])
+    is_set = builder.icmp_unsigned("!=", builder.and_(spread, ir.Constant(V32x8, _BIT_OF_LANE)),
+                                   ir.Constant(V32x8, [0] * 32))
+    return builder.or_(u, builder.select(is_set, _splat(builder, hbit, 32), ir.Constant(V32x8, [0] * 32)))
+
+
+# ---- intrinsics ----
+
+def _row_dot_32(size, qs, qh, bias, has_min, int8):
+    """Intrinsic (row, qx, dx, bs) -> float32 for a 32-block type: block b is `size` bytes, fp16 d at 0,
+    fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
+    qx int8 (n,), dx float32 (n // 32,), bs int32 (n // 16,) sums of qx (for the minimums)."""
+
+    @intrinsic
+    def dot(typingctx, row, qx, dx, bs):
+        sig = types.float32(row, qx, dx, bs)
+
+        def codegen(context, builder, sig, args):
+            arr = _Arrays(context, builder, sig, args)
+            acc = cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8))
+            acc_min = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+            n_blocks = builder.sdiv(arr.length(1), ir.Constant(I64, 32))
+            with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
+                ib = loop.index
+                o = builder.mul(ib, ir.Constant(I64, size))
+                at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+                if int8:
+                    u = arr.load(0, at(qs), V32x8)
+                else:
+                    u = _nibbles_32(builder, arr, 0, at(qs), None if qh is None else at(qh), 16)
+                    if bias:
+                        u = builder.sub(u, _splat(builder, bias, 32))
+                x = arr.load(1, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
+                p = builder.sitofp(_madd(builder, u, x, signed=int8 or bias > 0), V8xF)
+                dxb = arr.load(2, ib, F32)
+                scale = builder.fmul(_half(builder, arr, 0, o), dxb)
+                fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
+                builder.store(builder.call(fma, [p, _splat(builder, scale, 8, F32), builder.load(acc)]), acc)
+                if has_min:
+                    s = builder.add(arr.load(3, builder.mul(ib, ir.Constant(I64, 2)), I32),
+                                    arr.load(3, builder.add(builder.mul(ib, ir.Constant(I64, 2)), ir.Constant(I64, 1)),
+                                             I32))
+                    term = builder.fmul(builder.fmul(_half(builder, arr, 0, at(2)), dxb), builder.sitofp(s, F32))
+                    builder.store(builder.fadd(builder.load(acc_min), term), acc_min)
+            total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
+                                 [ir.Constant(F32, 0.0), builder.load(acc)])
+            return builder.fadd(total, builder.load(acc_min))
+
+        return sig, codegen
+
+    return dot
+
+
+dot_row_q8_0 = _row_dot_32(34, 2, None, 0, False, True)
+dot_row_q4_0 = _row_dot_32(18, 2, None, 8, False, False)
+dot_row_q4_1 = _row_dot_32(20, 4, None, 0, True, False)
+dot_row_q5_0 = _row_dot_32(22, 6, 2, 16, False, False)
+dot_row_q5_1 = _row_dot_32(24, 8, 4, 0, True, False)
+
+
+def _k4_block(fifth):
+    """Intrinsic for one Q4_K (fifth False) / Q5_K 256-block: (row, qs, qh, qx, xo, s0..s7) -> int32
+    sum over sub-blocks j of s_j * sum(q x), where chunk c of the 128 bytes at qs holds sub-block 2c (low nibbles)
+    and 2c + 1 (high), plus (Q5_K) bits 2c, 2c + 1 of the 32 bytes at qh as the fifth bit; x = qx[xo:xo + 256]."""
+
+    @intrinsic
+    def dot(typingctx, row, qs, qh, qx, xo, s0, s1, s2, s3, s4, s5, s6, s7):
+        sig = types.int32(row, qs, qh, qx, xo, s0, s1, s2, s3, s4, s5, s6, s7)
+
+        def codegen(context, builder, sig, args):
+            arr = _Arrays(context, builder, sig, args)
+            qs, xo = arr.int(1), arr.int(4)
+            high = arr.load(0, arr.int(2), V32x8) if fifth else None
+            acc = ir.Constant(V8x32, [0] * 8)
+            for c in range(4):
+                v = arr.load(0, builder.add(qs, ir.Constant(I64, 32 * c)), V32x8)
+                for half in range(2):
+                    u = _field(builder, v, 4 * half, 15)
+                    if fifth:
+                        u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
+                    x = arr.load(3, builder.add(xo, ir.Constant(I64, 64 * c + 32 * half)), V32x8)
+                    s = _splat(builder, arr.int(5 + 2 * c + half), 8, I32)
+                    acc = builder.add(acc, builder.mul(_madd(builder, u, x, False), s))
+            return _reduce_i32(builder, acc)
+
+        return sig, codegen
+
+    return dot
+
+
+dot_q4k_block = _k4_block(False)
+dot_q5k_block = _k4_block(True)
+
+
+@intrinsic
+def dot_q6k_block(typingctx, row, o, qx, xo):
+    """One Q6_K 256-block at row[o:]: sum over its 16 sub-blocks of sc_s * sum(q x) (int32, q in 0..63, the -32
+    bias left to the caller); element 128h + 32k + l is nibble k // 2 of ql[64h + 32 (k % 2) + l] with bits 2k of
+    qh[32h + l] above it; x = qx[xo:xo + 256]."""
+    sig = types.int32(row, o, qx, xo)
+
+    def codegen(context, builder, sig, args):
+        arr = _Arrays(context, builder, sig, args)
+        o, xo = arr.int(1), arr.int(3)
+        at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+        acc = ir.Constant(V8x32, [0] * 8)
+        for h in range(2):
+            qh = arr.load(0, at(128 + 32 * h), V32x8)
+            ql = [arr.load(0, at(64 * h + 32 * p), V32x8) for p in range(2)]
+            for k in range(4):
+                u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
+                                builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
+                x = arr.load(2, builder.add(xo, ir.Constant(I64, 128 * h + 32 * k)), V32x8)
+                s = 192 + 8 * h + 2 * k
+                sc = _halves(builder, builder.sext(arr.load(0, at(s), I8), I32),
+                             builder.sext(arr.load(0, at(s + 1), I8), I32))
+                acc = builder.add(acc, builder.mul(_madd(builder, u, x, False), sc))
+        return _reduce_i32(builder, acc)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_bytes(typingctx, w, a, s1, m1, b, s2, m2, s3, x, xo, sc0, sc1):
+    """u[l] = ((w[a+l] >> s1) & m1) | (((w[b+l] >> s2) & m2) << s3), l < 32 (m2 = 0: no second field; b must
+    still be a valid offset). Returns sc0 * sum(u x[xo:xo+16]) + sc1 * sum(u x[xo+16:xo+32])."""
+    sig = types.int32(w, a, s1, m1, b, s2, m2, s3, x, xo, sc0, sc1)
+
+    def codegen(context, builder, sig, args):
+        arr = _Arrays(context, builder, sig, args)
+        a, s1, m1, b, s2, m2, s3, xo, sc0, sc1 = (arr.int(i) for i in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11))
+        u = builder.or_(_field(builder, arr.load(0, a, V32x8), s1, m1),
+                        builder.shl(_field(builder, arr.load(0, b, V32x8), s2, m2), _splat(builder, s3, 32)))
+        p = _madd(builder, u, arr.load(8, xo, V32x8), False)
+        return _reduce_i32(builder, builder.mul(p, _halves(builder, sc0, sc1)))
+
+    return sig, codegen
