@@ -1,7 +1,8 @@
 """Integer row dots (ggml's vec_dot_<type>_q8): one weight row against one Q8-quantized activation row.
 
-Every function takes (row uint8 (row_bytes,), qx int8 (n,), dx float32 block scales, bs int32 sums of qx
-per 16) and returns the float32 dot. The 32-element integer dots are the vector intrinsics of simd.py;
+Every function takes (w, base, qx, dx, bs): the row's bytes at w[base:base + row_bytes] of a flat uint8 array
+(so the kernels index the weight matrix without a view per row), qx int8 (n,), dx float32 block scales, bs int32
+sums of qx per 16; and returns the float32 dot. The 32-element integer dots are the vector intrinsics of simd.py;
 a block's integer sums (sub-block scales applied as integers, as ggml does) are scaled by the weight's and
 the activation's float scales once per block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) and minimums
 are applied through bs: sum((q - c) x) = sum(q x) - c sum(x).
@@ -18,28 +19,28 @@ jit = njit(cache=True, nogil=True, inline="always")
 
 
 @jit
-def dot_q8_0(row, qx, dx, bs):  # d, qs[32] int8
-    return simd.dot_row_q8_0(row, qx, dx, bs)
+def dot_q8_0(row, base, qx, dx, bs):  # d, qs[32] int8
+    return simd.dot_row_q8_0(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q4_0(row, qx, dx, bs):  # d, qs[16]
-    return simd.dot_row_q4_0(row, qx, dx, bs)
+def dot_q4_0(row, base, qx, dx, bs):  # d, qs[16]
+    return simd.dot_row_q4_0(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q4_1(row, qx, dx, bs):  # d, m, qs[16]
-    return simd.dot_row_q4_1(row, qx, dx, bs)
+def dot_q4_1(row, base, qx, dx, bs):  # d, m, qs[16]
+    return simd.dot_row_q4_1(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q5_0(row, qx, dx, bs):  # d, qh[4], qs[16]
-    return simd.dot_row_q5_0(row, qx, dx, bs)
+def dot_q5_0(row, base, qx, dx, bs):  # d, qh[4], qs[16]
+    return simd.dot_row_q5_0(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q5_1(row, qx, dx, bs):  # d, m, qh[4], qs[16]
-    return simd.dot_row_q5_1(row, qx, dx, bs)
+def dot_q5_1(row, base, qx, dx, bs):  # d, m, qh[4], qs[16]
+    return simd.dot_row_q5_1(row, base, qx, dx, bs)
 
 
 @jit
@@ -52,10 +53,10 @@ def _k4_mins(row, o, bs, s0):
 
 
 @jit
-def dot_q4_k(row, qx, dx, bs):  # d, dmin, scales[12], qs[128]
+def dot_q4_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qs[128]
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
-        o = 144 * ib
+        o = base + 144 * ib
         isum = simd.dot_q4k_block(row, o + 16, o, qx, 256 * ib, *_k4_scales(row, o + 4))
         total += dx[ib] * (load_f16(row, o) * np.float32(isum) - load_f16(row, o + 2) * np.float32(
             _k4_mins(row, o, bs, 16 * ib)))
@@ -63,10 +64,10 @@ def dot_q4_k(row, qx, dx, bs):  # d, dmin, scales[12], qs[128]
 
 
 @jit
-def dot_q5_k(row, qx, dx, bs):  # d, dmin, scales[12], qh[32], qs[128]
+def dot_q5_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qh[32], qs[128]
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
-        o = 176 * ib
+        o = base + 176 * ib
         isum = simd.dot_q5k_block(row, o + 48, o + 16, qx, 256 * ib, *_k4_scales(row, o + 4))
         total += dx[ib] * (load_f16(row, o) * np.float32(isum) - load_f16(row, o + 2) * np.float32(
             _k4_mins(row, o, bs, 16 * ib)))
@@ -82,10 +83,10 @@ def _k4_scales(row, o):
 
 
 @jit
-def dot_q6_k(row, qx, dx, bs):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
+def dot_q6_k(row, base, qx, dx, bs):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
-        o = 210 * ib
+        o = base + 210 * ib
         offset = 0
         for s in range(16):
             offset += np.int64(np.int8(row[o + 192 + s])) * bs[16 * ib + s]
@@ -95,10 +96,10 @@ def dot_q6_k(row, qx, dx, bs):  # ql[128], qh[64], scales[16] int8, d; value d s
 
 
 @jit
-def dot_q3_k(row, qx, dx, bs):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
+def dot_q3_k(row, base, qx, dx, bs):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
-        o = 110 * ib
+        o = base + 110 * ib
         isum, offset = 0, 0
         for h in range(2):  # element 128h + 32k + l: bits 2k of qs[32h + l], high bit 4h + k of hmask[l]
             for k in range(4):
@@ -112,10 +113,10 @@ def dot_q3_k(row, qx, dx, bs):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d;
 
 
 @jit
-def dot_q2_k(row, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
+def dot_q2_k(row, base, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
-        o = 84 * ib
+        o = base + 84 * ib
         isum, msum = 0, 0
         for s in range(16):
             msum += (np.int64(row[o + s]) >> 4) * bs[16 * ib + s]
@@ -129,24 +130,25 @@ def dot_q2_k(row, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs[64], 
 
 
 @njit(cache=True, nogil=True)
-def row_dot(code, row, qx, dx, bs):
-    """Dot of one row of GGMLType `code` with one Q8 activation row; the type branch runs once per row."""
+def row_dot(code, row, base, qx, dx, bs):
+    """Dot of the row at row[base:] of GGMLType `code` with one Q8 activation row; the type branch runs once per
+    row."""
     if code == 12:
-        return dot_q4_k(row, qx, dx, bs)
+        return dot_q4_k(row, base, qx, dx, bs)
     if code == 14:
-        return dot_q6_k(row, qx, dx, bs)
+        return dot_q6_k(row, base, qx, dx, bs)
     if code == 8:
-        return dot_q8_0(row, qx, dx, bs)
+        return dot_q8_0(row, base, qx, dx, bs)
     if code == 6:
-        return dot_q5_0(row, qx, dx, bs)
+        return dot_q5_0(row, base, qx, dx, bs)
     if code == 3:
-        return dot_q4_1(row, qx, dx, bs)
+        return dot_q4_1(row, base, qx, dx, bs)
     if code == 2:
-        return dot_q4_0(row, qx, dx, bs)
+        return dot_q4_0(row, base, qx, dx, bs)
     if code == 7:
-        return dot_q5_1(row, qx, dx, bs)
+        return dot_q5_1(row, base, qx, dx, bs)
     if code == 13:
-        return dot_q5_k(row, qx, dx, bs)
+        return dot_q5_k(row, base, qx, dx, bs)
     if code == 10:
-        return dot_q2_k(row, qx, dx, bs)
-    return dot_q3_k(row, qx, dx, bs)
+        return dot_q2_k(row, base, qx, dx, bs)
+    return dot_q3_k(row, base, qx, dx, bs)

@@ -42,23 +42,21 @@ def matvec_many(raws, codes, x, ys):
         while task >= starts[m + 1]:
             m += 1
         raw, code, y = raws[m], codes[m], ys[m]
+        w = raw.reshape(-1)  # flat bytes: row r at w[r * row_bytes:]
+        qx, dx, bs = (qxk[0], dxk[0], bsk[0]) if _is_k(code) else (qx0[0], dx0[0], bs0[0])
         r0 = (task - starts[m]) * ROWS_PER_TASK
-        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):
-            if _is_k(code):
-                y[r] = row_dot(code, raw[r], qxk[0], dxk[0], bsk[0])
-            else:
-                y[r] = row_dot(code, raw[r], qx0[0], dx0[0], bs0[0])
+        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):  # hot loop
+            y[r] = row_dot(code, w, r * raw.shape[1], qx, dx, bs)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _matmul(raw, code, qx, dx, bs, out):
     """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T; each row is read once for all tokens."""
-    n = raw.shape[0]
+    n, w = raw.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            row = raw[r]
             for k in range(qx.shape[0]):
-                out[k, r] = row_dot(code, row, qx[k], dx[k], bs[k])
+                out[k, r] = row_dot(code, w, r * raw.shape[1], qx[k], dx[k], bs[k])
 
 
 def matmul(raw, code, block, X, out):

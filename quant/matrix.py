@@ -115,15 +115,23 @@ class QMatrix:
         return Y if direct else _deliver(Y, out)
 
 
-def matvec_many(mats, x: np.ndarray, outs) -> None:
-    """outs[i] (n_rows_i,) = mats[i] @ x (n_cols,) for matrices sharing one input (Q, K, V; gate, up): on the
-    integer path x is quantized once and all rows run in one parallel loop. outs: float32 C-contiguous."""
-    if all(m._int for m in mats) and len({m.n_cols for m in mats}) == 1:
-        x = _f32(x, 1, mats[0].n_cols, "x")
-        for m, y in zip(mats, outs, strict=True):
+class MatvecGroup:
+    """Matrices sharing one input (Q, K, V; up, gate), multiplied by one vector together: on the integer path
+    x is quantized once per activation type and all rows run in one parallel loop. Checked once, when built."""
+
+    def __init__(self, mats):
+        self.mats = tuple(mats)
+        self.fused = all(m._int for m in self.mats) and len({m.n_cols for m in self.mats}) == 1
+        self.raws, self.codes = tuple(m.raw for m in self.mats), tuple(int(m.qtype) for m in self.mats)
+
+    def __call__(self, x: np.ndarray, outs) -> None:
+        # x (n_cols,) float32 -> outs[i] (n_rows_i,) float32 C-contiguous
+        if not self.fused:
+            for m, y in zip(self.mats, outs, strict=True):
+                m.matvec(x, out=y)
+            return
+        x = _f32(x, 1, self.mats[0].n_cols, "x")
+        for m, y in zip(self.mats, outs, strict=True):
             if y.dtype != np.float32 or y.shape != (m.n_rows,) or not y.flags.c_contiguous:
                 raise ValueError(f"out must be float32 of shape ({m.n_rows},), contiguous; got {y.dtype} {y.shape}")
-        kernels_int.matvec_many(tuple(m.raw for m in mats), tuple(int(m.qtype) for m in mats), x, tuple(outs))
-    else:
-        for m, y in zip(mats, outs, strict=True):
-            m.matvec(x, out=y)
+        kernels_int.matvec_many(self.raws, self.codes, x, tuple(outs))

@@ -131,22 +131,25 @@ def _nibbles_32(builder, arrays, i, qs, qh, hbit):
 # ---- intrinsics ----
 
 def _row_dot_32(size, qs, qh, bias, has_min, int8):
-    """Intrinsic (row, qx, dx, bs) -> float32 for a 32-block type: block b is `size` bytes, fp16 d at 0,
+    """Intrinsic (w, base, qx, dx, bs) -> float32 for a 32-block type, the row at w[base:]: block b is `size` bytes,
+    fp16 d at 0,
     fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
     qx int8 (n,), dx float32 (n // 32,), bs int32 (n // 16,) sums of qx (for the minimums)."""
 
     @intrinsic
-    def dot(typingctx, row, qx, dx, bs):
-        sig = types.float32(row, qx, dx, bs)
+    def dot(typingctx, row, base, qx, dx, bs):
+        sig = types.float32(row, base, qx, dx, bs)
 
         def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)
+            arr = _Arrays(context, builder, sig, args[:1] + args[2:])
+            arr.sig = types.float32(sig.args[0], *sig.args[2:])
+            base = context.cast(builder, args[1], sig.args[1], types.int64)
             acc = cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8))
             acc_min = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
             n_blocks = builder.sdiv(arr.length(1), ir.Constant(I64, 32))
             with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
                 ib = loop.index
-                o = builder.mul(ib, ir.Constant(I64, size))
+                o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
                 at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
                 if int8:
                     u = arr.load(0, at(qs), V32x8)

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from quant import QMatrix
-from quant.matrix import matvec_many
+from quant.matrix import MatvecGroup
 
 from .archs.base import RopeScaling
 
@@ -146,6 +146,9 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     rep = n_head // n_kv
     end = pos + n
     start = max(0, pos - window + 1) if window else 0
+    if n == 1:  # decoding: one fused kernel instead of a dozen array operations
+        _attend_one(q[0], k_cache, v_cache, start, end, scale, _NO_SLOPES if slopes is None else slopes, out[0])
+        return out
     keys = k_cache[:, start:end]  # (n_kv, T, hd)
     vals = v_cache[:, start:end]
     qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
@@ -167,6 +170,40 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     o = np.matmul(s, vals)  # (n_kv, n * rep, hd)
     out.reshape(n, n_kv, rep, hd)[:] = o.reshape(n_kv, n, rep, hd).transpose(1, 0, 2, 3)
     return out
+
+
+_NO_SLOPES = np.zeros(0, np.float32)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
+    # q (n_head, hd) at position end - 1 over keys/values start..end-1 of k_cache, v_cache (n_kv, n_ctx, hd);
+    # slopes (n_head,) ALiBi or (0,); out (n_head * hd)
+    n_head, hd = q.shape
+    rep = n_head // k_cache.shape[0]
+    s = np.empty(end - start, np.float32)  # (T,) scores, then weights
+    for h in range(n_head):
+        kv = h // rep
+        top = np.float32(-np.inf)
+        for t in range(start, end):
+            dot = np.float32(0.0)
+            for i in range(hd):  # hot loop
+                dot += q[h, i] * k_cache[kv, t, i]
+            dot *= scale
+            if slopes.size:
+                dot += slopes[h] * np.float32(t - end + 1)
+            s[t - start] = dot
+            top = max(top, dot)
+        total = np.float32(0.0)
+        for j in range(s.size):
+            s[j] = np.exp(s[j] - top)
+            total += s[j]
+        o = out[h * hd:(h + 1) * hd]
+        o[:] = 0.0
+        for t in range(start, end):
+            p = s[t - start] / total
+            for i in range(hd):  # hot loop
+                o[i] += p * v_cache[kv, t, i]
 
 
 class KVCache:
@@ -234,27 +271,27 @@ def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None =
     return out
 
 
-def linear_many(x: np.ndarray, *parts) -> list:
-    """[linear(w, x, out, bias) for (w, out, bias) in parts], sharing one activation quantization and one
-    parallel kernel call for a single token (Q, K, V; gate, up)."""
+def linear_many(x: np.ndarray, group: MatvecGroup, outs: tuple, biases: tuple) -> tuple:
+    """linear(w, x, out, bias) for the matrices of `group` (sharing the input x); a single token takes one kernel
+    call for all of them."""
     if x.shape[0] != 1:
-        return [linear(w, x, out, bias) for w, out, bias in parts]
-    matvec_many([w for w, _, _ in parts], x[0], [out[0] for _, out, _ in parts])
-    for _, out, bias in parts:
+        return tuple(linear(w, x, out, bias) for w, out, bias in zip(group.mats, outs, biases, strict=True))
+    group(x[0], [out[0] for out in outs])
+    for out, bias in zip(outs, biases, strict=True):
         if bias is not None:
             out += bias
-    return [out for _, out, _ in parts]
+    return outs
 
 
 def mlp(h: np.ndarray, w_up: QMatrix, w_down: QMatrix, w_gate: QMatrix | None, act, up: np.ndarray,
         gate: np.ndarray, out: np.ndarray, b_up: np.ndarray | None = None,
-        b_down: np.ndarray | None = None) -> np.ndarray:
+        b_down: np.ndarray | None = None, up_gate: MatvecGroup | None = None) -> np.ndarray:
     """h (n, n_embd) -> out (n, n_embd) = down(act(gate(h)) * up(h)), or down(act(up(h))) without a gate.
-    up, gate: (n, n_ff) scratch."""
+    up, gate: (n, n_ff) scratch; up_gate: the group (w_up, w_gate), if the caller keeps one."""
     if w_gate is None:
         u = act(linear(w_up, h, up, b_up))
     else:
-        u, g = linear_many(h, (w_up, up, b_up), (w_gate, gate, None))
+        u, g = linear_many(h, up_gate or MatvecGroup((w_up, w_gate)), (up, gate), (b_up, None))
         u *= act(g)
     return linear(w_down, u, out, b_down)
 
@@ -347,12 +384,14 @@ class DecoderLayer:
         self.alibi, self.clamp = alibi, clamp  # (n_head,) ALiBi slopes or None; > 0: Q/K/V clipped to +-clamp
         self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv, head_dim
         self.act = ACTIVATIONS[activation]
+        self.qkv = MatvecGroup((w.wq, w.wk, w.wv))
+        self.up_gate = None if w.w_gate is None else MatvecGroup((w.w_up, w.w_gate))
 
     def __call__(self, b: Buffers, pos: int, k_cache: np.ndarray, v_cache: np.ndarray) -> None:
         # b.x (n, n_embd) updated in place; k_cache, v_cache (n_head_kv, n_ctx, head_dim) of this layer
         w, n, hd = self.w, b.n, self.head_dim
         h = w.attn_norm(b.x, b.h)
-        q, k, v = linear_many(h, (w.wq, b.q, w.bq), (w.wk, b.k, w.bk), (w.wv, b.v, w.bv))
+        q, k, v = linear_many(h, self.qkv, (b.q, b.k, b.v), (w.bq, w.bk, w.bv))
         q, k, v = q.reshape(n, self.n_head, hd), k.reshape(n, self.n_head_kv, hd), v.reshape(n, self.n_head_kv, hd)
         if self.clamp:
             for t in (q, k, v):
@@ -374,7 +413,7 @@ class DecoderLayer:
         if not self.parallel:
             h = w.ffn_norm(b.x, b.h)
         if w.moe is None:
-            y = mlp(h, w.w_up, w.w_down, w.w_gate, self.act, b.up, b.gate, b.o, w.b_up, w.b_down)
+            y = mlp(h, w.w_up, w.w_down, w.w_gate, self.act, b.up, b.gate, b.o, w.b_up, w.b_down, self.up_gate)
         else:
             y = w.moe(h, self.act, b.up, b.gate, b.o)
         self._residual(y, w.post_ffn_norm, b.x)
