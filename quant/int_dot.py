@@ -13,7 +13,7 @@ from numba import njit
 
 from . import simd
 from .fp16 import load_f16
-from .kernel_blocks import q3k_scale, scale_min_k4
+from .kernel_blocks import q3k_scale
 
 jit = njit(cache=True, nogil=True, inline="always")
 
@@ -44,55 +44,18 @@ def dot_q5_1(row, base, qx, dx, bs):  # d, m, qh[4], qs[16]
 
 
 @jit
-def _k4_mins(row, o, bs, s0):
-    """sum over the 8 sub-blocks j of min_j * (sum of qx over sub-block j) (Q4_K, Q5_K)."""
-    total = 0
-    for j in range(8):
-        total += scale_min_k4(row, o + 4, j)[1] * (np.int64(bs[s0 + 2 * j]) + np.int64(bs[s0 + 2 * j + 1]))
-    return total
-
-
-@jit
 def dot_q4_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qs[128]
-    total = np.float32(0.0)
-    for ib in range(qx.shape[0] // 256):
-        o = base + 144 * ib
-        isum = simd.dot_q4k_block(row, o + 16, o, qx, 256 * ib, *_k4_scales(row, o + 4))
-        total += dx[ib] * (load_f16(row, o) * np.float32(isum) - load_f16(row, o + 2) * np.float32(
-            _k4_mins(row, o, bs, 16 * ib)))
-    return total
+    return simd.dot_row_q4_k(row, base, qx, dx, bs)
 
 
 @jit
 def dot_q5_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qh[32], qs[128]
-    total = np.float32(0.0)
-    for ib in range(qx.shape[0] // 256):
-        o = base + 176 * ib
-        isum = simd.dot_q5k_block(row, o + 48, o + 16, qx, 256 * ib, *_k4_scales(row, o + 4))
-        total += dx[ib] * (load_f16(row, o) * np.float32(isum) - load_f16(row, o + 2) * np.float32(
-            _k4_mins(row, o, bs, 16 * ib)))
-    return total
-
-
-@jit
-def _k4_scales(row, o):
-    """The 8 6-bit sub-block scales of the 12-byte Q4_K/Q5_K scales at row[o:o+12]."""
-    return (scale_min_k4(row, o, 0)[0], scale_min_k4(row, o, 1)[0], scale_min_k4(row, o, 2)[0],
-            scale_min_k4(row, o, 3)[0], scale_min_k4(row, o, 4)[0], scale_min_k4(row, o, 5)[0],
-            scale_min_k4(row, o, 6)[0], scale_min_k4(row, o, 7)[0])
+    return simd.dot_row_q5_k(row, base, qx, dx, bs)
 
 
 @jit
 def dot_q6_k(row, base, qx, dx, bs):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
-    total = np.float32(0.0)
-    for ib in range(qx.shape[0] // 256):
-        o = base + 210 * ib
-        offset = 0
-        for s in range(16):
-            offset += np.int64(np.int8(row[o + 192 + s])) * bs[16 * ib + s]
-        isum = simd.dot_q6k_block(row, o, qx, 256 * ib)
-        total += load_f16(row, o + 208) * dx[ib] * np.float32(isum - 32 * offset)
-    return total
+    return simd.dot_row_q6_k(row, base, qx, dx, bs)
 
 
 @jit

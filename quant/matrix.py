@@ -18,6 +18,8 @@ from .kernel_blocks import layout
 from .types import GGMLType, QuantTypeError, row_bytes, type_info
 
 PATHS = ("float", "int")
+BLAS_MIN_TOKENS = 16  # int path: from this many tokens on, tiles are dequantized to float32 for a BLAS sgemm
+# (compute-bound prompt batches; ggml's BLAS backend does the same for large batches)
 DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -108,7 +110,7 @@ class QMatrix:
         direct = (out is not None and out.dtype == np.float32 and out.shape == (X.shape[0], self.n_rows)
                   and out.flags.c_contiguous)
         Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)
-        if self._int:
+        if self._int and X.shape[0] < BLAS_MIN_TOKENS:
             kernels_int.matmul(self.raw, int(self.qtype), self._block, X, Y)
         else:
             kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)

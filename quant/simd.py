@@ -12,8 +12,8 @@ CPU) the same sums come from plain widening multiplies, which any LLVM target co
 
 The intrinsics keep these vectors in registers across a whole block or row and reduce once:
   dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) with float32 vector accumulators;
-  dot_q4k_block / dot_q5k_block   one 256-block of Q4_K / Q5_K, 8 sub-block scales applied as integers;
-  dot_q6k_block   one 256-block of Q6_K (16 int8 scales inside the block);
+  dot_row_q4_k, dot_row_q5_k, dot_row_q6_k   a full row of a K-quant: per 256-block, the sub-block scales
+                  (unpacked with vector ops) applied as integers, minimums / offsets through the activation sums;
   dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K).
 """
 
@@ -185,66 +185,106 @@ dot_row_q5_0 = _row_dot_32(22, 6, 2, 16, False, False)
 dot_row_q5_1 = _row_dot_32(24, 8, 4, 0, True, False)
 
 
-def _k4_block(fifth):
-    """Intrinsic for one Q4_K (fifth False) / Q5_K 256-block: (row, qs, qh, qx, xo, s0..s7) -> int32
-    sum over sub-blocks j of s_j * sum(q x), where chunk c of the 128 bytes at qs holds sub-block 2c (low nibbles)
-    and 2c + 1 (high), plus (Q5_K) bits 2c, 2c + 1 of the 32 bytes at qh as the fifth bit; x = qx[xo:xo + 256]."""
-
-    @intrinsic
-    def dot(typingctx, row, qs, qh, qx, xo, s0, s1, s2, s3, s4, s5, s6, s7):
-        sig = types.int32(row, qs, qh, qx, xo, s0, s1, s2, s3, s4, s5, s6, s7)
-
-        def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)
-            qs, xo = arr.int(1), arr.int(4)
-            high = arr.load(0, arr.int(2), V32x8) if fifth else None
-            acc = ir.Constant(V8x32, [0] * 8)
-            for c in range(4):
-                v = arr.load(0, builder.add(qs, ir.Constant(I64, 32 * c)), V32x8)
-                for half in range(2):
-                    u = _field(builder, v, 4 * half, 15)
-                    if fifth:
-                        u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
-                    x = arr.load(3, builder.add(xo, ir.Constant(I64, 64 * c + 32 * half)), V32x8)
-                    s = _splat(builder, arr.int(5 + 2 * c + half), 8, I32)
-                    acc = builder.add(acc, builder.mul(_madd(builder, u, x, False), s))
-            return _reduce_i32(builder, acc)
-
-        return sig, codegen
-
-    return dot
+def _k4_scales(builder, arr, at):
+    """The 8 sub-block scales and 8 minimums (6 bits each, packed in 12 bytes at `at`) of a Q4_K/Q5_K block as two
+    8 x i32 vectors: ggml's kmask unpacking on three little-endian u32."""
+    u = [arr.load(0, builder.add(at, ir.Constant(I64, 4 * k)), I32) for k in range(3)]
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    m1, m2, m3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
+    words = [builder.and_(u[0], m1),  # scales 0-3
+             builder.or_(builder.and_(u[2], m2), builder.shl(builder.and_(builder.lshr(u[0], c(6)), m3), c(4))),
+             builder.and_(u[1], m1),  # minimums 0-3
+             builder.or_(builder.and_(builder.lshr(u[2], c(4)), m2),
+                         builder.shl(builder.and_(builder.lshr(u[1], c(6)), m3), c(4)))]
+    vec = ir.Constant(ir.VectorType(I32, 4), None)
+    for k, w in enumerate(words):
+        vec = builder.insert_element(vec, w, ir.Constant(I32, k))
+    b = builder.bitcast(vec, ir.VectorType(I8, 16))
+    return (builder.zext(_shuffle(builder, b, b, range(8)), V8x32),
+            builder.zext(_shuffle(builder, b, b, range(8, 16)), V8x32))
 
 
-dot_q4k_block = _k4_block(False)
-dot_q5k_block = _k4_block(True)
+def _lane(builder, v, k):
+    """8 x i32 with every lane v[k]."""
+    return _shuffle(builder, v, v, [k] * 8)
 
 
-@intrinsic
-def dot_q6k_block(typingctx, row, o, qx, xo):
-    """One Q6_K 256-block at row[o:]: sum over its 16 sub-blocks of sc_s * sum(q x) (int32, q in 0..63, the -32
-    bias left to the caller); element 128h + 32k + l is nibble k // 2 of ql[64h + 32 (k % 2) + l] with bits 2k of
-    qh[32h + l] above it; x = qx[xo:xo + 256]."""
-    sig = types.int32(row, o, qx, xo)
-
-    def codegen(context, builder, sig, args):
-        arr = _Arrays(context, builder, sig, args)
-        o, xo = arr.int(1), arr.int(3)
-        at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-        acc = ir.Constant(V8x32, [0] * 8)
+def _k_block(builder, arr, kind, o, xo, bsv):
+    """(integer sum over the block of sc_s * sum(q x), integer correction) of one 256-block at o of a K-quant:
+    value = d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K)."""
+    acc = ir.Constant(V8x32, [0] * 8)
+    at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+    xat = lambda k: arr.load(2, builder.add(xo, ir.Constant(I64, k)), V32x8)  # noqa: E731
+    if kind == "q6_k":  # element 128h + 32k + l: nibble k // 2 of ql[64h + 32 (k % 2) + l], bits 2k of qh[32h + l]
         for h in range(2):
             qh = arr.load(0, at(128 + 32 * h), V32x8)
             ql = [arr.load(0, at(64 * h + 32 * p), V32x8) for p in range(2)]
             for k in range(4):
                 u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
                                 builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
-                x = arr.load(2, builder.add(xo, ir.Constant(I64, 128 * h + 32 * k)), V32x8)
                 s = 192 + 8 * h + 2 * k
                 sc = _halves(builder, builder.sext(arr.load(0, at(s), I8), I32),
                              builder.sext(arr.load(0, at(s + 1), I8), I32))
-                acc = builder.add(acc, builder.mul(_madd(builder, u, x, False), sc))
-        return _reduce_i32(builder, acc)
+                acc = builder.add(acc, builder.mul(_madd(builder, u, xat(128 * h + 32 * k), False), sc))
+        scales = builder.sext(arr.load(0, at(192), ir.VectorType(I8, 16)), bsv.type)
+        msum = builder.call(_fn(builder, "llvm.vector.reduce.add.v16i32", I32, [bsv.type]), [builder.mul(scales, bsv)])
+        return _reduce_i32(builder, acc), msum
+    qs, fifth = (16, False) if kind == "q4_k" else (48, True)  # chunk c: sub-block 2c low nibbles, 2c + 1 high
+    sc, mn = _k4_scales(builder, arr, at(4))
+    high = arr.load(0, at(16), V32x8) if fifth else None
+    for c in range(4):
+        v = arr.load(0, at(qs + 32 * c), V32x8)
+        for half in range(2):
+            u = _field(builder, v, 4 * half, 15)
+            if fifth:
+                u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
+            p = _madd(builder, u, xat(64 * c + 32 * half), False)
+            acc = builder.add(acc, builder.mul(p, _lane(builder, sc, 2 * c + half)))
+    pairs = builder.add(_shuffle(builder, bsv, bsv, range(0, 16, 2)), _shuffle(builder, bsv, bsv, range(1, 16, 2)))
+    return _reduce_i32(builder, acc), _reduce_i32(builder, builder.mul(mn, pairs))
 
-    return sig, codegen
+
+_K_SIZE = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
+
+
+def _row_dot_k(kind):
+    """Intrinsic (w, base, qx, dx, bs) -> float32 for a K-quant row at w[base:] against Q8_K activations:
+    qx int8 (n,), dx float32 (n // 256,), bs int32 (n // 16,) sums of qx per 16."""
+
+    @intrinsic
+    def dot(typingctx, row, base, qx, dx, bs):
+        sig = types.float32(row, base, qx, dx, bs)
+
+        def codegen(context, builder, sig, args):
+            arr = _Arrays(context, builder, sig, args)
+            base = arr.int(1)
+            acc = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+            n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 256))
+            with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
+                ib = loop.index
+                o = builder.add(base, builder.mul(ib, ir.Constant(I64, _K_SIZE[kind])))
+                bsv = arr.load(4, builder.mul(ib, ir.Constant(I64, 16)), ir.VectorType(I32, 16))
+                isum, msum = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsv)
+                dxb = arr.load(3, ib, F32)
+                if kind == "q6_k":
+                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, 208)))
+                    term = builder.fmul(builder.fmul(d, dxb),
+                                        builder.sitofp(builder.sub(isum, builder.mul(msum, ir.Constant(I32, 32))), F32))
+                else:
+                    d, dmin = _half(builder, arr, 0, o), _half(builder, arr, 0, builder.add(o, ir.Constant(I64, 2)))
+                    term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
+                                                          builder.fmul(dmin, builder.sitofp(msum, F32))))
+                builder.store(builder.fadd(builder.load(acc), term), acc)
+            return builder.load(acc)
+
+        return sig, codegen
+
+    return dot
+
+
+dot_row_q4_k = _row_dot_k("q4_k")
+dot_row_q5_k = _row_dot_k("q5_k")
+dot_row_q6_k = _row_dot_k("q6_k")
 
 
 @intrinsic
