@@ -92,7 +92,7 @@ def dot_q2_k(row, base, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs
     return total
 
 
-@njit(cache=True, nogil=True)
+@jit
 def row_dot(code, row, base, qx, dx, bs):
     """Dot of the row at row[base:] of GGMLType `code` with one Q8 activation row; the type branch runs once per
     row."""
