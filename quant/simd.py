@@ -98,6 +98,17 @@ def _madd(builder, u, x, signed):
     return builder.add(builder.add(quads[0], quads[1]), builder.add(quads[2], quads[3]))
 
 
+def _madd_scaled(builder, u, x, s0, s1):
+    """8 x i32 of _madd(u, x) (u unsigned) times s0 in lanes 0-3 (elements 0..15) and s1 in lanes 4-7: with AVX2
+    the scales ride in vpmaddwd's second operand (16-bit), as in ggml, instead of a 32-bit multiply after it."""
+    if not AVX2:
+        return builder.mul(_madd(builder, u, x, False), _halves(builder, s0, s1))
+    p16 = builder.call(_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", V16x16, [V32x8, V32x8]), [u, x])
+    s0, s1 = _splat(builder, s0, 16, I16), _splat(builder, s1, 16, I16)
+    scale = _shuffle(builder, s0, s1, list(range(8)) + list(range(24, 32)))  # (16,) i16: 8 x s0, 8 x s1
+    return builder.call(_fn(builder, "llvm.x86.avx2.pmadd.wd", V8x32, [V16x16, V16x16]), [p16, scale])
+
+
 def _reduce_i32(builder, v):
     return builder.call(_fn(builder, "llvm.vector.reduce.add.v8i32", I32, [V8x32]), [v])
 
@@ -204,11 +215,6 @@ def _k4_scales(builder, arr, at):
             builder.zext(_shuffle(builder, b, b, range(8, 16)), V8x32))
 
 
-def _lane(builder, v, k):
-    """8 x i32 with every lane v[k]."""
-    return _shuffle(builder, v, v, [k] * 8)
-
-
 def _k_block(builder, arr, kind, o, xo, bsv):
     """(integer sum over the block of sc_s * sum(q x), integer correction) of one 256-block at o of a K-quant:
     value = d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K)."""
@@ -223,9 +229,8 @@ def _k_block(builder, arr, kind, o, xo, bsv):
                 u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
                                 builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
                 s = 192 + 8 * h + 2 * k
-                sc = _halves(builder, builder.sext(arr.load(0, at(s), I8), I32),
-                             builder.sext(arr.load(0, at(s + 1), I8), I32))
-                acc = builder.add(acc, builder.mul(_madd(builder, u, xat(128 * h + 32 * k), False), sc))
+                s0, s1 = (builder.sext(arr.load(0, at(s + j), I8), I32) for j in range(2))
+                acc = builder.add(acc, _madd_scaled(builder, u, xat(128 * h + 32 * k), s0, s1))
         scales = builder.sext(arr.load(0, at(192), ir.VectorType(I8, 16)), bsv.type)
         msum = builder.call(_fn(builder, "llvm.vector.reduce.add.v16i32", I32, [bsv.type]), [builder.mul(scales, bsv)])
         return _reduce_i32(builder, acc), msum
@@ -238,8 +243,8 @@ def _k_block(builder, arr, kind, o, xo, bsv):
             u = _field(builder, v, 4 * half, 15)
             if fifth:
                 u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
-            p = _madd(builder, u, xat(64 * c + 32 * half), False)
-            acc = builder.add(acc, builder.mul(p, _lane(builder, sc, 2 * c + half)))
+            scale = builder.extract_element(sc, ir.Constant(I32, 2 * c + half))
+            acc = builder.add(acc, _madd_scaled(builder, u, xat(64 * c + 32 * half), scale, scale))
     pairs = builder.add(_shuffle(builder, bsv, bsv, range(0, 16, 2)), _shuffle(builder, bsv, bsv, range(1, 16, 2)))
     return _reduce_i32(builder, acc), _reduce_i32(builder, builder.mul(mn, pairs))
 
@@ -298,7 +303,6 @@ def dot_bytes(typingctx, w, a, s1, m1, b, s2, m2, s3, x, xo, sc0, sc1):
         a, s1, m1, b, s2, m2, s3, xo, sc0, sc1 = (arr.int(i) for i in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11))
         u = builder.or_(_field(builder, arr.load(0, a, V32x8), s1, m1),
                         builder.shl(_field(builder, arr.load(0, b, V32x8), s2, m2), _splat(builder, s3, 32)))
-        p = _madd(builder, u, arr.load(8, xo, V32x8), False)
-        return _reduce_i32(builder, builder.mul(p, _halves(builder, sc0, sc1)))
+        return _reduce_i32(builder, _madd_scaled(builder, u, arr.load(8, xo, V32x8), sc0, sc1))
 
     return sig, codegen
