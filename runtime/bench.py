@@ -5,8 +5,10 @@ generates 128 tokens one at a time from an empty context (`tg128 @ d512`: after 
 random token ids and no sampling, so neither tokenization nor sampling is timed; one warm-up run per
 test is excluded, then `-r` repetitions give mean ± sd. `--compare llama.cpp` runs the same tests with
 llama-cpp-python on the same file, threads and context, interleaved (A B A B ...) so machine noise hits
-both. `--bandwidth` measures the streaming read bandwidth and shows tg against its bound (weight bytes
-read per token / bandwidth). Used by `llamba bench` and `python tools/bench.py model`.
+both. `--bandwidth` measures the streaming read bandwidth (quant/bandwidth.py: a Numba parallel sum over
+a `--bw-gb` array, per thread count) and shows tg against its bound (weight bytes read per token /
+bandwidth), noting when those weights fit in the CPU's last-level cache instead. Used by `llamba bench`
+and `python tools/bench.py model`.
 
 Heavy modules (Numba kernels, the model) are imported when a bench runs, so building the CLI stays light.
 """
@@ -168,6 +170,7 @@ class Report:
     results: list  # Result
     bandwidth: dict  # threads -> GB/s (empty without --bandwidth)
     repetitions: int
+    llc_bytes: int | None = None  # the CPU's largest cache, with --bandwidth
 
     def result(self, engine: str, threads: int, test: Test) -> Result:
         return next(r for r in self.results if (r.engine, r.threads, r.test) == (engine, threads, test))
@@ -202,14 +205,15 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
     finally:
         for e in engines:
             e.close()
-    bw = {}
+    bw, llc = {}, None
     if bandwidth_gb:
-        from quant.bandwidth import read_bandwidth
+        from quant.bandwidth import last_level_cache_bytes, read_bandwidth
 
         for th in threads:
             engines[0].set_threads(th)
             bw[th] = read_bandwidth(int(bandwidth_gb * 1e9))
-    return Report(model, tests, threads, stats, results, bw, repetitions)
+        llc = last_level_cache_bytes()
+    return Report(model, tests, threads, stats, results, bw, repetitions, llc)
 
 
 def _run_tests(engines, stats, model, tests, threads, repetitions, seed, progress) -> list[Result]:
@@ -269,6 +273,9 @@ def markdown(rep: Report) -> str:
     for th, gbps in rep.bandwidth.items():
         lines.append(f"bandwidth {th}T: {gbps:.1f} GB/s streaming read; {m.bytes_per_token / 1e6:.1f} MB of weights "
                      f"per token -> tg bound {rep.bound(th):.1f} t/s")
+    if rep.bandwidth and rep.llc_bytes and m.bytes_per_token <= rep.llc_bytes:
+        lines.append(f"the weights read per token fit in the {_size(rep.llc_bytes)} last-level cache: tg can beat "
+                     "the memory bound")
     lines.append(f"{rep.repetitions} repetitions after one warm-up; machine: {platform.machine()}, "
                  f"{platform.processor() or platform.system()}")
     return "\n".join(lines)
@@ -292,7 +299,7 @@ def as_json(rep: Report) -> dict:
                 "peak_rss_bytes": e.peak_rss} for e in rep.engines]
     return {"results": results, "engines": engines, "ratios": ratios,
             "bandwidth_gbps": {str(k): v for k, v in rep.bandwidth.items()},
-            "bytes_per_token": m.bytes_per_token, "repetitions": rep.repetitions}
+            "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions}
 
 
 def add_arguments(p: argparse.ArgumentParser):
@@ -305,8 +312,8 @@ def add_arguments(p: argparse.ArgumentParser):
                    help=f"also tg after prompts of these lengths (without a list: {DEPTHS})")
     p.add_argument("--compare", choices=COMPARE_ENGINES, default=None,
                    help="run the same tests with llama-cpp-python, interleaved, and print the ratios")
-    p.add_argument("--bandwidth", action="store_true", help="measure the streaming read bandwidth and show tg "
-                   "against its bound")
+    p.add_argument("--bandwidth", action="store_true", help="measure the streaming read bandwidth (per thread "
+                   "count, after the tests) and show tg as a fraction of its bound")
     p.add_argument("--bw-gb", type=float, default=1.0, help="array size of the bandwidth probe, GB")
     p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
 

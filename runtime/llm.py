@@ -17,7 +17,6 @@ import numba
 import numpy as np
 
 from . import registry
-from .chat import render, template_variables
 from .errors import GGUFError, LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
@@ -150,6 +149,8 @@ class LLM:
 
     def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         """`messages` rendered with the model's chat template (ChatML when it has none)."""
+        from .chat import render, template_variables  # Jinja2 is imported only when a chat needs it
+
         return render(list(messages), self.tokenizer.chat_template, add_generation_prompt=add_generation_prompt,
                       **template_variables(self.model.gguf.metadata))
 
@@ -167,5 +168,7 @@ class LLM:
 
     def _chat_bos(self, text: str) -> bool | None:
         """No BOS token when the template already wrote one (as llama.cpp does); else the model's default."""
+        from .chat import template_variables
+
         bos = template_variables(self.model.gguf.metadata)["bos_token"]
         return False if bos and text.startswith(bos) else None

@@ -2,12 +2,14 @@
 weight bytes per token checked against the gguf package's reader, and the CLI's errors. Functional only:
 nothing here asserts a speed."""
 
+import dataclasses
 import json
 
 import gguf
 import numpy as np
 import pytest
 
+from quant.bandwidth import _stream_sum, read_bandwidth
 from runtime import bench, cli
 from runtime import bench_llama_cpp as lcpp
 from runtime.errors import LlambaError
@@ -25,6 +27,17 @@ def test_plan_follows_llama_bench_names():
             bench.int_list(bad, "-t", 1)
     with pytest.raises(LlambaError, match="no test"):
         bench.plan([0], [0], [])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 1000, 4099])
+def test_bandwidth_probe_reads_every_element_once(n, threads):
+    # a probe that skipped or repeated part of the array would misstate the bandwidth; oracle: numpy's sum
+    # of small integers (exact in float32), split into `threads` slices, the last one shorter or empty
+    a = (np.arange(n) % 5).astype(np.float32)
+    assert _stream_sum(a, threads) == a.astype(np.int64).sum()
+    with pytest.raises(ValueError, match="nbytes"):
+        read_bandwidth(2)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +58,9 @@ def test_report_table(report):
         assert mean > 0 and sd >= 0
     assert rows[1][7].endswith("% |") and rows[0][7] == " |"  # tg against the bandwidth bound only
     assert "time to first token" in text and "peak RSS" in text and "bandwidth 1T" in text
+    per_token = report.model.bytes_per_token
+    assert "last-level cache" in bench.markdown(dataclasses.replace(report, llc_bytes=per_token))
+    assert "last-level cache" not in bench.markdown(dataclasses.replace(report, llc_bytes=per_token - 1))
 
 
 def test_report_json(report, model_path):
