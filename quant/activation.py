@@ -1,7 +1,9 @@
 """Quantize float32 activations to Q8_0 / Q8_K for the integer kernels (ggml's vec_dot_type).
 
-Output per activation row: int8 quants qx (n,), float32 block scales dx, and int32 sums of qx over every
-16 elements bs (n // 16,) (ggml's bsums), which carry the weights' offsets and sub-block minimums.
+Output per activation row: int8 quants qx (n,), float32 block scales dx, int32 sums of qx over every
+16 elements bs (n // 16,) (ggml's bsums), which carry the weights' offsets and sub-block minimums, and for
+Q8_0 xs (n // 32,) = d * sum of the block's quants (ggml's Q8_1 `s`), the activation side of a Q4_1/Q5_1
+block's minimum.
 Q8_0 (32-blocks): d = amax / 127 rounded to fp16, qx = roundf(x / d)  (quantize_row_q8_0_ref).
 Q8_K (256-blocks): the signed extreme maps to -127, nearest even, float32 d  (quantize_row_q8_K_ref).
 """
@@ -45,8 +47,9 @@ def _q8_k_row(x, qx, dx):
 
 
 @jit
-def quantize_rows(X, block, qx, dx, bs):
-    """X (n_tok, n) float32 -> qx (n_tok, n) int8, dx (n_tok, n // block), bs (n_tok, n // 16) int32."""
+def quantize_rows(X, block, qx, dx, bs, xs):
+    """X (n_tok, n) float32 -> qx (n_tok, n) int8, dx (n_tok, n // block), bs (n_tok, n // 16) int32,
+    xs (n_tok, n // 32) float32 (Q8_0 only)."""
     for t in range(X.shape[0]):
         if block == QK_K:
             _q8_k_row(X[t], qx[t], dx[t])
@@ -57,27 +60,31 @@ def quantize_rows(X, block, qx, dx, bs):
             for j in range(16 * s, 16 * s + 16):
                 total += qx[t, j]
             bs[t, s] = total
+        if block != QK_K:
+            for b in range(xs.shape[1]):
+                xs[t, b] = dx[t, b] * np.float32(bs[t, 2 * b] + bs[t, 2 * b + 1])
 
 
 def quantize_activations(X: np.ndarray, block: int):
-    """X (n_tok, n) float32 -> (qx int8, dx float32, bs int32) for weights of `block` (32 -> Q8_0, 256 -> Q8_K)."""
+    """X (n_tok, n) float32 -> (qx int8, dx float32, bs int32, xs float32) for weights of `block`
+    (32 -> Q8_0, 256 -> Q8_K)."""
     n_tok, n = X.shape
     block = QK_K if block == QK_K else 32
     qx, dx = np.empty((n_tok, n), np.int8), np.empty((n_tok, n // block), np.float32)
-    bs = np.empty((n_tok, n // 16), np.int32)
-    quantize_rows(X, block, qx, dx, bs)
-    return qx, dx, bs
+    bs, xs = np.empty((n_tok, n // 16), np.int32), np.empty((n_tok, n // 32), np.float32)
+    quantize_rows(X, block, qx, dx, bs, xs)
+    return qx, dx, bs, xs
 
 
 def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (..., n) -> quants (..., n) int8, scales (..., n // 32) float32 (fp16 values)."""
     X = np.ascontiguousarray(x, np.float32).reshape(-1, np.shape(x)[-1])
-    qx, dx, _ = quantize_activations(X, 32)
+    qx, dx, _, _ = quantize_activations(X, 32)
     return qx.reshape(np.shape(x)), dx.reshape(*np.shape(x)[:-1], -1)
 
 
 def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (..., n) -> quants (..., n) int8 in [-127, 127], scales (..., n // 256) float32."""
     X = np.ascontiguousarray(x, np.float32).reshape(-1, np.shape(x)[-1])
-    qx, dx, _ = quantize_activations(X, QK_K)
+    qx, dx, _, _ = quantize_activations(X, QK_K)
     return qx.reshape(np.shape(x)), dx.reshape(*np.shape(x)[:-1], -1)

@@ -1,11 +1,12 @@
 """Integer row dots (ggml's vec_dot_<type>_q8): one weight row against one Q8-quantized activation row.
 
-Every function takes (w, base, qx, dx, bs): the row's bytes at w[base:base + row_bytes] of a flat uint8 array
-(so the kernels index the weight matrix without a view per row), qx int8 (n,), dx float32 block scales, bs int32
-sums of qx per 16; and returns the float32 dot. The 32-element integer dots are the vector intrinsics of simd.py;
-a block's integer sums (sub-block scales applied as integers, as ggml does) are scaled by the weight's and
-the activation's float scales once per block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) and minimums
-are applied through bs: sum((q - c) x) = sum(q x) - c sum(x).
+Every function takes (w, base, qx, dx, bs, xs): the row's bytes at w[base:base + row_bytes] of a flat uint8
+array (so the kernels index the weight matrix without a view per row), qx int8 (n,), dx float32 block scales,
+bs int32 sums of qx per 16, xs float32 scaled sums per 32 (Q8_0 activations); it returns the float32 dot.
+The 32-element integer dots are the vector intrinsics of simd.py; a block's integer sums (sub-block scales
+applied as integers, as ggml does) are scaled by the weight's and the activation's float scales once per
+block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) and minimums go through the activation sums:
+sum((q - c) x) = sum(q x) - c sum(x).
 """
 
 import numpy as np
@@ -19,47 +20,47 @@ jit = njit(cache=True, nogil=True, inline="always")
 
 
 @jit
-def dot_q8_0(row, base, qx, dx, bs):  # d, qs[32] int8
-    return simd.dot_row_q8_0(row, base, qx, dx, bs)
+def dot_q8_0(row, base, qx, dx, bs, xs):  # d, qs[32] int8
+    return simd.dot_row_q8_0(row, base, qx, dx, xs)
 
 
 @jit
-def dot_q4_0(row, base, qx, dx, bs):  # d, qs[16]
-    return simd.dot_row_q4_0(row, base, qx, dx, bs)
+def dot_q4_0(row, base, qx, dx, bs, xs):  # d, qs[16]
+    return simd.dot_row_q4_0(row, base, qx, dx, xs)
 
 
 @jit
-def dot_q4_1(row, base, qx, dx, bs):  # d, m, qs[16]
-    return simd.dot_row_q4_1(row, base, qx, dx, bs)
+def dot_q4_1(row, base, qx, dx, bs, xs):  # d, m, qs[16]
+    return simd.dot_row_q4_1(row, base, qx, dx, xs)
 
 
 @jit
-def dot_q5_0(row, base, qx, dx, bs):  # d, qh[4], qs[16]
-    return simd.dot_row_q5_0(row, base, qx, dx, bs)
+def dot_q5_0(row, base, qx, dx, bs, xs):  # d, qh[4], qs[16]
+    return simd.dot_row_q5_0(row, base, qx, dx, xs)
 
 
 @jit
-def dot_q5_1(row, base, qx, dx, bs):  # d, m, qh[4], qs[16]
-    return simd.dot_row_q5_1(row, base, qx, dx, bs)
+def dot_q5_1(row, base, qx, dx, bs, xs):  # d, m, qh[4], qs[16]
+    return simd.dot_row_q5_1(row, base, qx, dx, xs)
 
 
 @jit
-def dot_q4_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qs[128]
+def dot_q4_k(row, base, qx, dx, bs, xs):  # d, dmin, scales[12], qs[128]
     return simd.dot_row_q4_k(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q5_k(row, base, qx, dx, bs):  # d, dmin, scales[12], qh[32], qs[128]
+def dot_q5_k(row, base, qx, dx, bs, xs):  # d, dmin, scales[12], qh[32], qs[128]
     return simd.dot_row_q5_k(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q6_k(row, base, qx, dx, bs):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
+def dot_q6_k(row, base, qx, dx, bs, xs):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
     return simd.dot_row_q6_k(row, base, qx, dx, bs)
 
 
 @jit
-def dot_q3_k(row, base, qx, dx, bs):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
+def dot_q3_k(row, base, qx, dx, bs, xs):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
         o = base + 110 * ib
@@ -76,7 +77,7 @@ def dot_q3_k(row, base, qx, dx, bs):  # hmask[32], qs[64], scales[12] (16 x 6 bi
 
 
 @jit
-def dot_q2_k(row, base, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
+def dot_q2_k(row, base, qx, dx, bs, xs):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
     total = np.float32(0.0)
     for ib in range(qx.shape[0] // 256):
         o = base + 84 * ib
@@ -93,25 +94,25 @@ def dot_q2_k(row, base, qx, dx, bs):  # scales[16] (4-bit scale | 4-bit min), qs
 
 
 @jit
-def row_dot(code, row, base, qx, dx, bs):
+def row_dot(code, row, base, qx, dx, bs, xs):
     """Dot of the row at row[base:] of GGMLType `code` with one Q8 activation row; the type branch runs once per
     row."""
     if code == 12:
-        return dot_q4_k(row, base, qx, dx, bs)
+        return dot_q4_k(row, base, qx, dx, bs, xs)
     if code == 14:
-        return dot_q6_k(row, base, qx, dx, bs)
+        return dot_q6_k(row, base, qx, dx, bs, xs)
     if code == 8:
-        return dot_q8_0(row, base, qx, dx, bs)
+        return dot_q8_0(row, base, qx, dx, bs, xs)
     if code == 6:
-        return dot_q5_0(row, base, qx, dx, bs)
+        return dot_q5_0(row, base, qx, dx, bs, xs)
     if code == 3:
-        return dot_q4_1(row, base, qx, dx, bs)
+        return dot_q4_1(row, base, qx, dx, bs, xs)
     if code == 2:
-        return dot_q4_0(row, base, qx, dx, bs)
+        return dot_q4_0(row, base, qx, dx, bs, xs)
     if code == 7:
-        return dot_q5_1(row, base, qx, dx, bs)
+        return dot_q5_1(row, base, qx, dx, bs, xs)
     if code == 13:
-        return dot_q5_k(row, base, qx, dx, bs)
+        return dot_q5_k(row, base, qx, dx, bs, xs)
     if code == 10:
-        return dot_q2_k(row, base, qx, dx, bs)
-    return dot_q3_k(row, base, qx, dx, bs)
+        return dot_q2_k(row, base, qx, dx, bs, xs)
+    return dot_q3_k(row, base, qx, dx, bs, xs)

@@ -26,6 +26,7 @@ def matvec_many(raws, codes, x, ys):
     n, n_mats = x.shape[0], len(raws)
     X = x.reshape((1, n))
     qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // 32), np.float32), np.empty((1, n // 16), np.int32)
+    xs = np.empty((1, n // 32), np.float32)
     qxk, dxk, bsk = np.empty((1, n), np.int8), np.empty((1, n // QK_K), np.float32), np.empty((1, n // 16), np.int32)
     starts = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
     need_k = need_0 = False
@@ -34,9 +35,9 @@ def matvec_many(raws, codes, x, ys):
         need_k |= _is_k(codes[m])
         need_0 |= not _is_k(codes[m])
     if need_k:
-        quantize_rows(X, QK_K, qxk, dxk, bsk)
+        quantize_rows(X, QK_K, qxk, dxk, bsk, xs)
     if need_0:
-        quantize_rows(X, 32, qx0, dx0, bs0)
+        quantize_rows(X, 32, qx0, dx0, bs0, xs)
     for task in prange(starts[n_mats]):
         m = 0
         while task >= starts[m + 1]:
@@ -46,21 +47,20 @@ def matvec_many(raws, codes, x, ys):
         qx, dx, bs = (qxk[0], dxk[0], bsk[0]) if _is_k(code) else (qx0[0], dx0[0], bs0[0])
         r0 = (task - starts[m]) * ROWS_PER_TASK
         for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):  # hot loop
-            y[r] = row_dot(code, w, r * raw.shape[1], qx, dx, bs)
+            y[r] = row_dot(code, w, r * raw.shape[1], qx, dx, bs, xs[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _matmul(raw, code, qx, dx, bs, out):
+def _matmul(raw, code, qx, dx, bs, xs, out):
     """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T; each row is read once for all tokens."""
     n, w = raw.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             for k in range(qx.shape[0]):
-                out[k, r] = row_dot(code, w, r * raw.shape[1], qx[k], dx[k], bs[k])
+                out[k, r] = row_dot(code, w, r * raw.shape[1], qx[k], dx[k], bs[k], xs[k])
 
 
 def matmul(raw, code, block, X, out):
     """out (n_tok, n_rows) = X (n_tok, n_cols) @ W.T with Q8-quantized activations."""
-    qx, dx, bs = quantize_activations(X, block)
-    _matmul(raw, code, qx, dx, bs, out)
+    _matmul(raw, code, *quantize_activations(X, block), out)
     return out

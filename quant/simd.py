@@ -142,14 +142,14 @@ def _nibbles_32(builder, arrays, i, qs, qh, hbit):
 # ---- intrinsics ----
 
 def _row_dot_32(size, qs, qh, bias, has_min, int8):
-    """Intrinsic (w, base, qx, dx, bs) -> float32 for a 32-block type, the row at w[base:]: block b is `size` bytes,
+    """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size` bytes,
     fp16 d at 0,
     fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
-    qx int8 (n,), dx float32 (n // 32,), bs int32 (n // 16,) sums of qx (for the minimums)."""
+    qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (for the minimums)."""
 
     @intrinsic
-    def dot(typingctx, row, base, qx, dx, bs):
-        sig = types.float32(row, base, qx, dx, bs)
+    def dot(typingctx, row, base, qx, dx, xs):
+        sig = types.float32(row, base, qx, dx, xs)
 
         def codegen(context, builder, sig, args):
             arr = _Arrays(context, builder, sig, args[:1] + args[2:])
@@ -175,10 +175,7 @@ def _row_dot_32(size, qs, qh, bias, has_min, int8):
                 fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
                 builder.store(builder.call(fma, [p, _splat(builder, scale, 8, F32), builder.load(acc)]), acc)
                 if has_min:
-                    s = builder.add(arr.load(3, builder.mul(ib, ir.Constant(I64, 2)), I32),
-                                    arr.load(3, builder.add(builder.mul(ib, ir.Constant(I64, 2)), ir.Constant(I64, 1)),
-                                             I32))
-                    term = builder.fmul(builder.fmul(_half(builder, arr, 0, at(2)), dxb), builder.sitofp(s, F32))
+                    term = builder.fmul(_half(builder, arr, 0, at(2)), arr.load(3, ib, F32))
                     builder.store(builder.fadd(builder.load(acc_min), term), acc_min)
             total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
                                  [ir.Constant(F32, 0.0), builder.load(acc)])

@@ -61,7 +61,9 @@ class LLM:
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
     min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
-    is greedy. Consecutive calls reuse the KV cache for the prompt prefix they share.
+    is greedy. Consecutive calls reuse the KV cache for the prompt prefix they share; the last prompt token is
+    then evaluated alone, which rounds differently in the last bits than the same token inside a batch, so a
+    sampled continuation can differ at a near-tie. `reset()` first makes a seeded call bit-for-bit repeatable.
 
     Thread safety: one lock per LLM serializes generate, stream, chat and logits, so several threads
     may share an instance (calls run one after the other). A stream holds the lock from its first piece
@@ -98,6 +100,11 @@ class LLM:
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids])
+
+    def reset(self) -> None:
+        """Forget the cached prompt: the next call evaluates its whole prompt (as llama-cpp-python's reset)."""
+        with self._lock:
+            self._ctx.tokens = []
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (n, n_vocab) float32 of every position of `ids`, run from an empty context."""
