@@ -16,6 +16,7 @@ setup(
         "sentencepiece>=0.2",
         "tokenizers>=0.19",
         "jinja2>=3.1",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         "test": [

@@ -111,11 +111,11 @@ class LlambaEngine:
         self.load_seconds = time.perf_counter() - t0
 
     def set_threads(self, n: int):
-        import numba
+        from quant.threads import set_threads
 
         from .llm import check_threads
 
-        numba.set_num_threads(check_threads(n))
+        set_threads(check_threads(n))
 
     def prepare(self, tokens, depth: int):
         self.tokens = tokens

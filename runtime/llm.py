@@ -16,6 +16,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from quant.threads import set_threads
+
 from . import registry
 from .errors import GGUFError, LlambaError
 from .generate import Context, GenerationStats, generate
@@ -114,7 +116,7 @@ class LLM:
 
     def _set_threads(self):
         if self.n_threads is not None:
-            numba.set_num_threads(self.n_threads)
+            set_threads(self.n_threads)
 
     def sampling_params(self, sampling: SamplingParams | None = None, **kwargs) -> SamplingParams:
         """SamplingParams from keywords (over `sampling` or the defaults); the LLM's seed when none is given."""

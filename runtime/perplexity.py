@@ -130,7 +130,7 @@ def run_args(args) -> int:
     """Print the running estimate after each chunk (`[1]12.3456,[2]...`) and `Final estimate: PPL = x +/- y`."""
     import sys
 
-    import numba
+    from quant.threads import set_threads
 
     from .llm import check_threads, resolve_model
     from .model import load_model
@@ -138,7 +138,7 @@ def run_args(args) -> int:
 
     threads = check_threads(args.threads)
     if threads is not None:
-        numba.set_num_threads(threads)
+        set_threads(threads)
     text = _read_text(args.file)
     model = load_model(resolve_model(args.model), n_ctx=args.ctx_size)
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
