@@ -9,9 +9,11 @@ from numba import njit, prange
 
 from .activation import quantize_activations, quantize_rows
 from .int_dot import row_dot
+from .simd import prefetch
 from .types import QK_K
 
 ROWS_PER_TASK = 16  # rows per prange iteration
+PREFETCH_ROWS = 4  # rows ahead whose bytes are prefetched (weights are read once per token: from memory)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -46,8 +48,12 @@ def matvec_many(raws, codes, x, ys):
         w = raw.reshape(-1)  # flat bytes: row r at w[r * row_bytes:]
         qx, dx, bs = (qxk[0], dxk[0], bsk[0]) if _is_k(code) else (qx0[0], dx0[0], bs0[0])
         r0 = (task - starts[m]) * ROWS_PER_TASK
+        rb = raw.shape[1]
+        end = min(raw.shape[0], r0 + ROWS_PER_TASK) * rb
         for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):  # hot loop
-            y[r] = row_dot(code, w, r * raw.shape[1], qx, dx, bs, xs[0])
+            for o in range((r + PREFETCH_ROWS) * rb, min((r + PREFETCH_ROWS + 1) * rb, end), 64):
+                prefetch(w, o)
+            y[r] = row_dot(code, w, r * rb, qx, dx, bs, xs[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
