@@ -142,9 +142,8 @@ def _nibbles_32(builder, arrays, i, qs, qh, hbit):
 # ---- intrinsics ----
 
 def _row_dot_32(size, qs, qh, bias, has_min, int8):
-    """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size` bytes,
-    fp16 d at 0,
-    fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
+    """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size`
+    bytes, fp16 d at 0, fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
     qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (for the minimums)."""
 
     @intrinsic
@@ -152,12 +151,11 @@ def _row_dot_32(size, qs, qh, bias, has_min, int8):
         sig = types.float32(row, base, qx, dx, xs)
 
         def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args[:1] + args[2:])
-            arr.sig = types.float32(sig.args[0], *sig.args[2:])
-            base = context.cast(builder, args[1], sig.args[1], types.int64)
+            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 xs
+            base = arr.int(1)
             acc = cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8))
             acc_min = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
-            n_blocks = builder.sdiv(arr.length(1), ir.Constant(I64, 32))
+            n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 32))
             with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
                 ib = loop.index
                 o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
@@ -168,14 +166,14 @@ def _row_dot_32(size, qs, qh, bias, has_min, int8):
                     u = _nibbles_32(builder, arr, 0, at(qs), None if qh is None else at(qh), 16)
                     if bias:
                         u = builder.sub(u, _splat(builder, bias, 32))
-                x = arr.load(1, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
+                x = arr.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
                 p = builder.sitofp(_madd(builder, u, x, signed=int8 or bias > 0), V8xF)
-                dxb = arr.load(2, ib, F32)
+                dxb = arr.load(3, ib, F32)
                 scale = builder.fmul(_half(builder, arr, 0, o), dxb)
                 fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
                 builder.store(builder.call(fma, [p, _splat(builder, scale, 8, F32), builder.load(acc)]), acc)
                 if has_min:
-                    term = builder.fmul(_half(builder, arr, 0, at(2)), arr.load(3, ib, F32))
+                    term = builder.fmul(_half(builder, arr, 0, at(2)), arr.load(4, ib, F32))
                     builder.store(builder.fadd(builder.load(acc_min), term), acc_min)
             total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
                                  [ir.Constant(F32, 0.0), builder.load(acc)])
