@@ -185,10 +185,10 @@ def _cmd_list(args) -> int:
 COMMANDS = [_add_run, _add_chat, _add_pull, _add_list]
 # command -> (module, its function that runs the parsed args, help)
 PLUGINS = {
-    "convert": ("runtime.convert", "run_args", "convert a Hugging Face model directory to GGUF"),
-    "quantize": ("runtime.quantize_file", "run_args", "re-quantize a GGUF file to another type or K-quant mix"),
-    "bench": ("runtime.bench", "main", "prompt processing and generation speed (llama-bench style)"),
-    "perplexity": ("runtime.perplexity", "run_args", "perplexity of a model over a text file (llama.cpp's method)"),
+    "convert": ("runtime.convert.hf_to_gguf", "run_args", "convert a Hugging Face model directory to GGUF"),
+    "quantize": ("runtime.convert.requantize", "run_args", "re-quantize a GGUF file to another type or K-quant mix"),
+    "bench": ("runtime.eval.bench", "main", "prompt processing and generation speed (llama-bench style)"),
+    "perplexity": ("runtime.eval.perplexity", "run_args", "perplexity over a text file (llama.cpp's method)"),
 }
 
 

@@ -11,42 +11,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
-import numba
 import numpy as np
 
-from quant.threads import set_threads
-
 from . import registry
-from .errors import GGUFError, LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
 from .sampling import Sampler, SamplingParams
+from .threads import check_threads, set_threads
 from .tokenizer import Tokenizer
 
 CHATML_STOP = "<|im_end|>"  # stop string for the ChatML fallback on models whose vocabulary lacks it
-
-
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """A GGUF path from a path, a registry name (fetched if missing) or None (the default model)."""
-    if model is None:
-        return registry.fetch(registry.DEFAULT_MODEL)
-    path = Path(model)
-    if path.exists():
-        return path
-    if str(model).lower() in registry.MODELS:
-        return registry.fetch(str(model))
-    if path.suffix.lower() == ".gguf" or os.sep in str(model):
-        raise GGUFError(f"{model}: no such file")
-    return registry.fetch(str(model))  # raises FetchError naming the known models
-
-
-def check_threads(n: int | None) -> int | None:
-    top = numba.config.NUMBA_NUM_THREADS
-    if n is not None and (not isinstance(n, int) or not 1 <= n <= top):
-        raise LlambaError(f"threads must be an integer in 1..{top} (NUMBA_NUM_THREADS), got {n!r}")
-    return n
 
 
 def _stop_list(stop: str | Sequence[str]) -> list[str]:
@@ -78,7 +53,7 @@ class LLM:
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, seed: int | None = None):
         self.n_threads = check_threads(n_threads)
-        self.path = resolve_model(model_path)
+        self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
         self.model = load_model(self.path, n_ctx)
         self.tokenizer = Tokenizer.from_gguf(self.model.gguf.metadata)

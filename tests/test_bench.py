@@ -9,10 +9,11 @@ import gguf
 import numpy as np
 import pytest
 
-from quant.bandwidth import _stream_sum, read_bandwidth
-from runtime import bench, cli
-from runtime import bench_llama_cpp as lcpp
+from runtime import cli
 from runtime.errors import LlambaError
+from runtime.eval import bench
+from runtime.eval import llamacpp as lcpp
+from runtime.eval.bandwidth import _stream_sum, read_bandwidth
 
 SMOL = "smollm2-135m-instruct"
 

@@ -30,9 +30,9 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoTokenizer
 
 from runtime.convert import ConvertError, convert
+from runtime.convert.vocab import vocab_metadata
 from runtime.errors import UnsupportedError
 from runtime.gguf import GGUFFile
-from runtime.hf_vocab import vocab_metadata
 from runtime.tokenizer import Tokenizer as LlambaTokenizer
 
 convert_main = load_tool("convert").main
@@ -238,7 +238,7 @@ def test_failure_while_writing_leaves_nothing(checkpoints, tmp_path, monkeypatch
         if len(calls) == 3:
             raise ConvertError("disk on fire")
         return np.ascontiguousarray(x, np.float32).view(np.uint8)
-    monkeypatch.setattr("runtime.convert.encode", broken_encode)
+    monkeypatch.setattr("runtime.convert.hf_to_gguf.encode", broken_encode)
     with pytest.raises(ConvertError, match="disk on fire"):
         convert(d, tmp_path / "m.gguf", "f32", progress=False, log=lambda s: None)
     assert not list(tmp_path.iterdir())

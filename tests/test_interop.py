@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hf_models import checkpoint_fixture, llamba_logits, load_tool
 
-from runtime.bench_llama_cpp import open_llama
 from runtime.convert import convert
+from runtime.eval.llamacpp import open_llama
 from runtime.gguf import GGUFFile
 from runtime.tokenizer import Tokenizer
 

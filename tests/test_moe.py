@@ -18,9 +18,9 @@ from safetensors.numpy import load_file
 from quant import GGMLType, QMatrix, quantize
 from runtime.archs import llama
 from runtime.convert import ConvertError, convert
+from runtime.convert.writer import PlannedTensor, typed, write_gguf
 from runtime.errors import GGUFError
 from runtime.gguf import GGUFFile
-from runtime.gguf_out import PlannedTensor, typed, write_gguf
 from runtime.layers import MoE, silu
 from runtime.model import load_model
 

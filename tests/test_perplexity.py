@@ -16,11 +16,11 @@ import pytest
 import torch
 from gguf_reference import reference_model
 
+from runtime.convert.requantize import quantize_gguf
 from runtime.errors import ContextOverflowError, LlambaError
+from runtime.eval.perplexity import perplexity, text_perplexity
 from runtime.gguf import GGUFFile
 from runtime.model import load_model
-from runtime.perplexity import perplexity, text_perplexity
-from runtime.quantize_file import quantize_gguf
 from runtime.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import pytest
 from hf_models import bpe_tokenizer, llamba_logits, load_tool, save_model, transformers_logits
 
 from runtime.convert import ConvertError, convert
+from runtime.convert.requantize import quantize_gguf
 from runtime.gguf import GGUFFile
-from runtime.quantize_file import quantize_gguf
 
 quantize_main = load_tool("quantize").main
 QUIET = {"progress": False, "log": lambda s: None}

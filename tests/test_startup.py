@@ -26,7 +26,7 @@ import json, numba
 from pathlib import Path
 import quant
 from quant import jit_cache, jit_stamp
-from quant.bandwidth import _stream_sum, read_bandwidth
+from runtime.eval.bandwidth import _stream_sum, read_bandwidth
 read_bandwidth(1 << 20, repeats=1)
 print(json.dumps({
     "quant": quant.__file__,
@@ -111,7 +111,7 @@ def test_kernels_run_without_scipy_linalg_and_numba_blas_still_works():
 import sys, json
 import numpy as np
 from numba import njit
-from quant.bandwidth import _stream_sum
+from runtime.eval.bandwidth import _stream_sum
 _stream_sum(np.ones(10, np.float32), 1)
 before = "scipy.linalg" in sys.modules
 a = np.arange(6.0).reshape(2, 3)

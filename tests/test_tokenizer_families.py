@@ -28,10 +28,10 @@ from tokenizers import Tokenizer as HFTokenizer
 from transformers import AutoTokenizer
 from vocab_files import mistral_tokenizer_model, read_vectors
 
+from runtime.convert.vocab import vocab_metadata
+from runtime.convert.writer import typed, write_gguf
 from runtime.errors import UnsupportedError
 from runtime.gguf import GGUFFile
-from runtime.gguf_out import typed, write_gguf
-from runtime.hf_vocab import vocab_metadata
 from runtime.tokenizer import CONTROL, NORMAL, USER_DEFINED, Tokenizer
 
 TEXTS = [
@@ -228,7 +228,7 @@ def test_converted_sentencepiece_matches_sentencepiece(mistral):
 def test_converted_tokenizer_matches_llama_cpp(converted, mistral, name):
     """llama.cpp reads the converted vocabulary (its tokenizer.ggml.pre included) and gives the same ids."""
     pytest.importorskip("llama_cpp", reason='llama-cpp-python is not installed: pip install -e ".[interop]"')
-    from runtime.bench_llama_cpp import open_llama
+    from runtime.eval.llamacpp import open_llama
 
     ours, path = (mistral[0], mistral[2]) if name == "mistral" else (converted(name).ours, converted(name).gguf)
     llama = open_llama(model_path=str(path), vocab_only=True, verbose=False)

@@ -1,5 +1,5 @@
 """Benchmarks. `python tools/bench.py kernels`: matvec throughput per weight type and kernel path;
-`python tools/bench.py model`: llama-bench for a whole model (pp/tg tokens/s, see runtime/bench.py).
+`python tools/bench.py model`: llama-bench for a whole model (pp/tg tokens/s, see runtime/eval/bench.py).
 
 Throughput is bytes of block data read per second (GB/s), the median over repeats, printed as a
 markdown table next to the machine's streaming read bandwidth measured in the same run (a Numba prange
@@ -14,9 +14,9 @@ import numba
 import numpy as np
 
 from quant import QMatrix
-from quant.bandwidth import read_bandwidth
 from quant.types import GGMLType, row_bytes
-from runtime import bench as model_bench
+from runtime.eval import bench as model_bench
+from runtime.eval.bandwidth import read_bandwidth
 
 SHAPES = {"4096x4096": (4096, 4096), "qwen1.5b-ffn-up": (8960, 1536), "qwen1.5b-ffn-down": (1536, 8960)}
 DEFAULT_TYPES = "Q8_0,Q4_0,Q4_1,Q5_0,Q4_K,Q5_K,Q6_K,Q2_K,Q3_K,F16"
@@ -85,7 +85,7 @@ def main(argv=None):
     k.add_argument("--repeats", type=int, default=15)
     k.add_argument("--bw-gb", type=float, default=1.0, help="array size of the read-bandwidth probe, GB")
     k.set_defaults(run=bench_kernels)
-    m = sub.add_parser("model", help="llama-bench for a model: pp/tg tokens/s, --compare llama.cpp (runtime/bench.py)")
+    m = sub.add_parser("model", help="llama-bench for a model: pp/tg tok/s, --compare llama.cpp (eval/bench.py)")
     model_bench.add_arguments(m)
     m.set_defaults(run=model_bench.main)
     args = parser.parse_args(argv)

@@ -7,8 +7,10 @@ them as llama.cpp's converter writes them: all Q rows, then K, then V (the gptne
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig, meta
 from .gptneox import _qkv_rows
+from .hf import classic_tensors, dims, with_biases
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 MAX_ALIBI_BIAS = 8.0  # llama.cpp's bloom value (transformers' build_alibi_tensor)
@@ -22,13 +24,11 @@ class Config(DecoderConfig):
                         alibi_max_bias=meta(md, "bloom.attention.max_alibi_bias", MAX_ALIBI_BIAS, float))
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("BloomForCausalLM",)
 
 
 def _dims(cfg: dict):
-    from ..errors import UnsupportedError
-    from ..hf_layout import dims
     if cfg.get("apply_residual_connection_post_layernorm"):
         raise UnsupportedError("bloom checkpoints with apply_residual_connection_post_layernorm are not supported")
     hidden = cfg.get("hidden_size", cfg.get("n_embed"))
@@ -47,7 +47,6 @@ def hf_metadata(cfg: dict) -> dict:
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors, with_biases
     d = _dims(cfg)
     e, ff = d.n_embd, d.n_ff
     layer = with_biases((("input_layernorm", "attn_norm", (e,)),

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig
+from .hf import classic_tensors, decoder_metadata, dims, rope_params
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -23,13 +25,11 @@ class Config(DecoderConfig):
         return cls.read_layernorm(md, "falcon", rope_neox=True, activation="gelu", parallel_residual=True)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("FalconForCausalLM",)
 
 
 def _dims(cfg: dict):
-    from ..errors import UnsupportedError
-    from ..hf_layout import dims
     if cfg.get("alibi") or not cfg.get("parallel_attn", True) or cfg.get("activation", "gelu") != "gelu":
         raise UnsupportedError("falcon checkpoints need rotary positions (alibi false), parallel_attn and GELU")
     new = bool(cfg.get("new_decoder_architecture"))
@@ -47,7 +47,6 @@ def _dims(cfg: dict):
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..hf_layout import decoder_metadata, rope_params
     d, _ = _dims(cfg)
     md = decoder_metadata(cfg, d, rope_params(cfg))
     del md["attention.layer_norm_rms_epsilon"]
@@ -66,7 +65,6 @@ def _qkv_rows(n_head_kv: int, n_head: int):
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors
     d, new = _dims(cfg)
     e, ff, n_qkv = d.n_embd, d.n_ff, (d.n_head + 2 * d.n_head_kv) * d.head_dim
     norms = (("ln_attn", "attn_norm_2"), ("ln_mlp", "attn_norm")) if new else (("input_layernorm", "attn_norm"),)

@@ -8,7 +8,9 @@ transformers' Gemma3 `layer_types`."""
 import math
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig, meta
+from .hf import add_one, decoder_metadata, decoder_tensors, dims, llama_layer, rope_params
 
 LAYER_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                  "post_ffw_norm.weight")
@@ -38,14 +40,12 @@ class Config(DecoderConfig):
         return (self.rope_base, self.rope_scaling) if self.is_global(il) else (LOCAL_ROPE_BASE, None)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("Gemma3ForCausalLM",)
 
 
 def hf_metadata(cfg: dict) -> dict:
     """Checks that the checkpoint uses what this module hard-codes (layer pattern, local RoPE, query scale)."""
-    from ..errors import UnsupportedError
-    from ..hf_layout import decoder_metadata, dims, rope_params
     d = dims(cfg, tied_default=True)
     params = cfg.get("rope_parameters") or {}
     if "full_attention" in params:  # transformers 5: one rope dict per layer type
@@ -69,7 +69,6 @@ def hf_metadata(cfg: dict) -> dict:
 
 def hf_tensors(cfg: dict) -> dict:
     """Norm weights get + 1 (Gemma multiplies by 1 + w; GGUF stores the product's factor)."""
-    from ..hf_layout import add_one, decoder_tensors, dims, llama_layer
     d = dims(cfg, tied_default=True)
     layer = llama_layer(d) | {"post_attention_layernorm.weight": ("post_attention_norm.weight", (d.n_embd,)),
                               "pre_feedforward_layernorm.weight": ("ffn_norm.weight", (d.n_embd,)),

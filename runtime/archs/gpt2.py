@@ -5,7 +5,9 @@ Hugging Face's Conv1D layers store weights (n_in, n_out): the converter transpos
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig
+from .hf import classic_tensors, dims, transpose
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -17,12 +19,11 @@ class Config(DecoderConfig):
         return cls.read_layernorm(md, "gpt2", activation="gelu_tanh", use_rope=False)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("GPT2LMHeadModel",)
 
 
 def _dims(cfg: dict):
-    from ..hf_layout import dims
     n_embd = cfg.get("n_embd")
     return dims({"hidden_size": n_embd, "num_attention_heads": cfg.get("n_head"),
                  "num_hidden_layers": cfg.get("n_layer"),
@@ -31,7 +32,6 @@ def _dims(cfg: dict):
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..errors import UnsupportedError
     d = _dims(cfg)
     if (cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh") or not d.tied
             or cfg.get("scale_attn_by_inverse_layer_idx") or not cfg.get("scale_attn_weights", True)
@@ -44,7 +44,6 @@ def hf_metadata(cfg: dict) -> dict:
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors, transpose
     d = _dims(cfg)
     e, ff = d.n_embd, d.n_ff
     layer = {"ln_1.weight": ("attn_norm.weight", (e,)), "ln_1.bias": ("attn_norm.bias", (e,)),

@@ -6,7 +6,9 @@ them as llama.cpp's converter writes them: all Q rows, then K, then V (what llam
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig, meta
+from .hf import classic_tensors, decoder_metadata, dims, rope_params
 
 LAYER_TENSORS = ("attn_qkv.weight", "ffn_norm.weight")
 
@@ -19,7 +21,7 @@ class Config(DecoderConfig):
                         parallel_residual=meta(md, "gptneox.use_parallel_residual", True, bool))
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("GPTNeoXForCausalLM",)
 
 
@@ -28,8 +30,6 @@ def _rotary_pct(cfg: dict) -> float:
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..errors import UnsupportedError
-    from ..hf_layout import decoder_metadata, dims, rope_params
     if cfg.get("hidden_act", "gelu") != "gelu" or not cfg.get("attention_bias", True):
         raise UnsupportedError("gpt_neox checkpoints need hidden_act 'gelu' and attention_bias")
     d = dims(cfg)
@@ -49,7 +49,6 @@ def _qkv_rows(n_head: int):
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors, dims
     d = dims(cfg)
     e, ff = d.n_embd, d.n_ff
     layer = {"input_layernorm.weight": ("attn_norm.weight", (e,)), "input_layernorm.bias": ("attn_norm.bias", (e,)),

@@ -6,7 +6,9 @@ llama applies normal RoPE where qwen2 and gemma3 (unpermuted) apply neox RoPE.""
 
 from dataclasses import dataclass
 
+from ..errors import ConvertError, UnsupportedError
 from .base import DecoderConfig
+from .hf import decoder_metadata, decoder_tensors, dims, llama_layer, moe_layer, permute_rope, rope_params
 
 LAYER_TENSORS = ()  # beyond the common attn_norm, attn_{q,k,v,output}, ffn_norm, ffn_{gate,up,down}
 
@@ -18,12 +20,11 @@ class Config(DecoderConfig):
         return cls.read(md, "llama")
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..hf_layout import decoder_metadata, dims, rope_params
     md = decoder_metadata(cfg, dims(cfg), rope_params(cfg))
     if cfg.get("sliding_window"):  # Mistral
         md["attention.sliding_window"] = int(cfg["sliding_window"])
@@ -34,7 +35,6 @@ def hf_metadata(cfg: dict) -> dict:
 
 def _experts(cfg: dict) -> tuple:
     """(num_local_experts, num_experts_per_tok) of a Mixtral config.json."""
-    from ..errors import ConvertError
     n, k = cfg.get("num_local_experts"), cfg.get("num_experts_per_tok")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k)) or not 0 < k <= n:
         raise ConvertError(f"config.json num_experts_per_tok {k!r} must be an integer in 1..num_local_experts {n!r}")
@@ -43,8 +43,6 @@ def _experts(cfg: dict) -> tuple:
 
 def hf_tensors(cfg: dict) -> dict:
     """Q/K rows permuted from rotate-half to adjacent pairs (normal RoPE, see the module docstring)."""
-    from ..errors import UnsupportedError
-    from ..hf_layout import decoder_tensors, dims, llama_layer, moe_layer, permute_rope
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise UnsupportedError("llama checkpoints with attention_bias or mlp_bias are not supported")
     d = dims(cfg)

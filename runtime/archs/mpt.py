@@ -4,7 +4,9 @@ biases, sequential residual, output tied to token_embd."""
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig, meta
+from .hf import classic_tensors, dims
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -18,13 +20,11 @@ class Config(DecoderConfig):
                         clamp_kqv=meta(md, "mpt.attention.clamp_kqv", 0.0, float))
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("MptForCausalLM", "MPTForCausalLM")
 
 
 def _dims(cfg: dict):
-    from ..errors import UnsupportedError
-    from ..hf_layout import dims
     attn = cfg.get("attn_config") or {}
     if (not attn.get("alibi", True) or attn.get("qk_ln") or attn.get("softmax_scale")
             or not cfg.get("no_bias", True) or attn.get("alibi_bias_max", 8) != 8
@@ -52,7 +52,6 @@ def _clamp(cfg: dict) -> dict:
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors
     d = _dims(cfg)
     e, ff = d.n_embd, d.n_ff
     layer = {"norm_1.weight": ("attn_norm.weight", (e,)), "attn.Wqkv.weight": ("attn_qkv.weight", (3 * e, e)),

@@ -9,7 +9,9 @@ rows, so position_embd row p is position p as for gpt2."""
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig
+from .hf import HFTensor, classic_tensors, dims, with_biases
 
 LAYER_TENSORS = ()
 POSITION_OFFSET = 2
@@ -22,13 +24,11 @@ class Config(DecoderConfig):
         return cls.read_layernorm(md, "opt", activation="relu", use_rope=False)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("OPTForCausalLM",)
 
 
 def _dims(cfg: dict):
-    from ..errors import UnsupportedError
-    from ..hf_layout import dims
     hidden = cfg.get("hidden_size")
     if not cfg.get("do_layer_norm_before", True) or cfg.get("_remove_final_layer_norm"):
         raise UnsupportedError("OPT checkpoints with post-LayerNorm blocks (do_layer_norm_before false, e.g. "
@@ -45,7 +45,6 @@ def _dims(cfg: dict):
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..errors import UnsupportedError
     d = _dims(cfg)
     if not d.tied:
         raise UnsupportedError("OPT checkpoints need tie_word_embeddings")
@@ -59,7 +58,6 @@ def _drop_offset(w):
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import HFTensor, classic_tensors, with_biases
     d = _dims(cfg)
     e, ff = d.n_embd, d.n_ff
     layer = with_biases((("self_attn_layer_norm", "attn_norm", (e,)), ("self_attn.q_proj", "attn_q", (e, e)),

@@ -4,7 +4,9 @@ untied output with a bias (`output.bias`)."""
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig
+from .hf import classic_tensors, decoder_metadata, dims, rope_params, with_biases
 
 LAYER_TENSORS = ()
 
@@ -16,13 +18,11 @@ class Config(DecoderConfig):
         return cls.read_layernorm(md, "phi2", rope_neox=True, activation="gelu_tanh", parallel_residual=True)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("PhiForCausalLM",)
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..errors import UnsupportedError
-    from ..hf_layout import decoder_metadata, dims, rope_params
     if cfg.get("hidden_act", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh") or cfg.get("qk_layernorm"):
         raise UnsupportedError("phi checkpoints need hidden_act gelu_new and no qk_layernorm")
     d = dims(cfg)
@@ -35,7 +35,6 @@ def hf_metadata(cfg: dict) -> dict:
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import classic_tensors, dims, with_biases
     d = dims(cfg)
     e, ff, q, kv = d.n_embd, d.n_ff, d.n_head * d.head_dim, d.n_head_kv * d.head_dim
     layer = with_biases((("input_layernorm", "attn_norm", (e,)), ("self_attn.q_proj", "attn_q", (q, e)),

@@ -2,7 +2,9 @@
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedError
 from .base import DecoderConfig
+from .hf import decoder_metadata, decoder_tensors, dims, llama_layer, rope_params
 
 LAYER_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 
@@ -14,20 +16,17 @@ class Config(DecoderConfig):
         return cls.read(md, "qwen2", rope_neox=True)
 
 
-# --- Hugging Face -> GGUF conversion (runtime/convert.py; interface in runtime/hf_layout.py) ---
+# --- Hugging Face -> GGUF mapping (used by runtime/convert/; interface in archs/hf.py) ---
 HF_ARCHITECTURES = ("Qwen2ForCausalLM",)
 
 
 def hf_metadata(cfg: dict) -> dict:
-    from ..errors import UnsupportedError
-    from ..hf_layout import decoder_metadata, dims, rope_params
     if cfg.get("use_sliding_window"):
         raise UnsupportedError("Qwen2 checkpoints with use_sliding_window are not supported")
     return decoder_metadata(cfg, dims(cfg), rope_params(cfg))
 
 
 def hf_tensors(cfg: dict) -> dict:
-    from ..hf_layout import decoder_tensors, dims, llama_layer
     d = dims(cfg)
     q, kv = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
     layer = llama_layer(d) | {"self_attn.q_proj.bias": ("attn_q.bias", (q,)),

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 import quant
 from quant import GGMLType, type_info
 
-from .errors import ConvertError
+from ..errors import ConvertError
 
 ALIGNMENT = 32
 QUANTIZATION_VERSION = 2

@@ -1,4 +1,5 @@
-"""Shared pieces of the Hugging Face -> GGUF mappings that live in each runtime/archs/<arch>.py.
+"""Shared pieces of the Hugging Face -> GGUF mappings that live in each runtime/archs/<arch>.py (the converter,
+runtime/convert/, reads them; this module needs nothing of it).
 
 An architecture module that can be converted defines:
   HF_ARCHITECTURES = ("LlamaForCausalLM", ...)    # config.json "architectures" it accepts
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConvertError, UnsupportedError
+from ..errors import ConvertError, UnsupportedError
 
 # HF tensors a checkpoint may carry that GGUF drops (recomputed at load time)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

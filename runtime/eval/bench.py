@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bench_timing import peak_rss_bytes, time_test
-from .errors import LlambaError
+from ..errors import LlambaError
+from .timing import peak_rss_bytes, time_test
 
 COMPARE_ENGINES = ("llama.cpp",)
 DEPTHS = "512,2048"  # --ctx-depth without a list
@@ -81,7 +81,7 @@ class ModelInfo:
     def of(cls, gguf, n_vocab: int) -> "ModelInfo":
         from quant import row_bytes
 
-        from .quant_plan import SCHEMES
+        from ..convert.plan import SCHEMES
 
         tensors = gguf.tensors.values()
         size = sum(t.nbytes for t in tensors)
@@ -102,7 +102,7 @@ class LlambaEngine:
     name = "llamba"
 
     def __init__(self, path, n_ctx: int, threads: int):
-        from .model import load_model
+        from ..model import load_model
 
         self.version = importlib.metadata.version("llamba")
         self.set_threads(threads)
@@ -111,9 +111,7 @@ class LlambaEngine:
         self.load_seconds = time.perf_counter() - t0
 
     def set_threads(self, n: int):
-        from quant.threads import set_threads
-
-        from .llm import check_threads
+        from ..threads import check_threads, set_threads
 
         set_threads(check_threads(n))
 
@@ -189,7 +187,7 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
     if compare is not None:
         if compare not in COMPARE_ENGINES:
             raise LlambaError(f"--compare: unknown engine {compare!r} (known: {', '.join(COMPARE_ENGINES)})")
-        from .bench_llama_cpp import LlamaCppEngine, check_installed
+        from .llamacpp import LlamaCppEngine, check_installed
 
         check_installed()  # before loading anything
     n_ctx = max(t.depth + t.n_tokens for t in tests)
@@ -207,7 +205,7 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
             e.close()
     bw, llc = {}, None
     if bandwidth_gb:
-        from quant.bandwidth import last_level_cache_bytes, read_bandwidth
+        from .bandwidth import last_level_cache_bytes, read_bandwidth
 
         for th in threads:
             engines[0].set_threads(th)
@@ -321,7 +319,7 @@ def add_arguments(p: argparse.ArgumentParser):
 def main(args) -> int:
     import numba
 
-    from .llm import resolve_model
+    from ..registry import resolve_model
 
     threads = int_list(args.threads, "-t", 1) if args.threads else [numba.config.NUMBA_NUM_THREADS]
     tests = plan(int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n"),

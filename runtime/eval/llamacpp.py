@@ -1,6 +1,6 @@
 """llama.cpp (llama-cpp-python) as the other engine of `llamba bench --compare llama.cpp`.
 
-It runs in a child process (`python -m runtime.bench_llama_cpp`), so that its peak RSS and its threads
+It runs in a child process (`python -m runtime.eval.llamacpp`), so that its peak RSS and its threads
 are its own; `LlamaCppEngine` drives it over pipes, one JSON line per command and per answer, and has
 the same methods as the llamba engine (set_threads, prepare, run, peak_rss, close).
 """
@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 
-from .bench_timing import peak_rss_bytes, time_test
-from .errors import LlambaError
+from ..errors import LlambaError
+from .timing import peak_rss_bytes, time_test
 
 INSTALL_HINT = 'pip install -e ".[interop]"'
 
@@ -53,7 +53,7 @@ class LlamaCppEngine:
     def __init__(self, path, n_ctx: int, threads: int):
         check_installed()
         self._log = tempfile.TemporaryFile(mode="w+")  # llama.cpp's own messages, shown when it fails
-        self._proc = subprocess.Popen([sys.executable, "-m", "runtime.bench_llama_cpp"], stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen([sys.executable, "-m", "runtime.eval.llamacpp"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._log, text=True)
         info = self._call(op="load", path=os.fspath(path), n_ctx=n_ctx, threads=threads)
         self.load_seconds, self.version = info["load_s"], info["version"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ContextOverflowError, LlambaError
+from ..errors import ContextOverflowError, LlambaError
 
 DEFAULT_N_CTX = 512
 _ROWS = 64  # logit rows converted to float64 at a time: bounds memory for large vocabularies
@@ -130,11 +130,10 @@ def run_args(args) -> int:
     """Print the running estimate after each chunk (`[1]12.3456,[2]...`) and `Final estimate: PPL = x +/- y`."""
     import sys
 
-    from quant.threads import set_threads
-
-    from .llm import check_threads, resolve_model
-    from .model import load_model
-    from .tokenizer import Tokenizer
+    from ..model import load_model
+    from ..registry import resolve_model
+    from ..threads import check_threads, set_threads
+    from ..tokenizer import Tokenizer
 
     threads = check_threads(args.threads)
     if threads is not None:

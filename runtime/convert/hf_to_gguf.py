@@ -2,7 +2,7 @@
 
 The architecture-independent steps live here; what an architecture's checkpoint looks like (accepted
 `architectures` names, config.json -> `{arch}.*` metadata, tensor names, shapes and transforms) lives
-in its runtime/archs/<arch>.py (see runtime/hf_layout.py for that interface). Every expected tensor is
+in its runtime/archs/<arch>.py (see runtime/archs/hf.py for that interface). Every expected tensor is
 checked (none missing, none extra, shapes as config.json says) before anything is written.
 """
 
@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import archs
-from .errors import ConvertError, UnsupportedError
-from .gguf_out import (
+from .. import archs
+from ..archs.hf import IGNORED_SUFFIXES
+from ..errors import ConvertError, UnsupportedError
+from .checkpoint import Checkpoint
+from .plan import TypeChooser, scheme
+from .vocab import vocab_metadata
+from .writer import (
     PlannedTensor,
     check_target,
     encode,
@@ -27,10 +31,6 @@ from .gguf_out import (
     typed,
     write_gguf,
 )
-from .hf_checkpoint import Checkpoint
-from .hf_layout import IGNORED_SUFFIXES
-from .hf_vocab import vocab_metadata
-from .quant_plan import TypeChooser, scheme
 
 __all__ = ["ConvertError", "ConvertResult", "convert", "find_architecture"]
 
@@ -158,7 +158,7 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
 
 def add_arguments(p):
     """The options of `llamba convert` / tools/convert.py on an argparse parser; sets func=run_args."""
-    from .quant_plan import SCHEMES
+    from .plan import SCHEMES
     p.add_argument("model_dir", help="Hugging Face model directory (config.json, safetensors or pytorch weights, "
                    "tokenizer files)")
     p.add_argument("-o", "--outfile", default=None, help="output GGUF (default: MODEL_DIR/<name>-<outtype>.gguf)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConvertError
+from ..errors import ConvertError
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors reference implementation's limit
 

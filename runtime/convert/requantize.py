@@ -1,6 +1,6 @@
 """GGUF -> GGUF in another type or K-quant mix (the engine behind `llamba quantize`).
 
-Tensor types are chosen as for convert (runtime/quant_plan.py, llama.cpp's rules, counting attn_v /
+Tensor types are chosen as for convert (runtime/convert/plan.py, llama.cpp's rules, counting attn_v /
 ffn_down in file order as llama.cpp does). A tensor that keeps its type is copied byte for byte;
 others are dequantized (one tensor at a time) and quantized. Re-quantizing an already quantized
 tensor loses more than quantizing from float, so, as in llama.cpp, it needs allow_requantize.
@@ -14,9 +14,10 @@ from pathlib import Path
 
 from quant import GGMLType, dequantize
 
-from .errors import ConvertError
-from .gguf import GGUFFile
-from .gguf_out import (
+from ..errors import ConvertError
+from ..gguf import GGUFFile
+from .plan import FLOAT_TYPES, TypeChooser, quantizable, scheme
+from .writer import (
     PlannedTensor,
     check_target,
     encode,
@@ -27,7 +28,6 @@ from .gguf_out import (
     typed,
     write_gguf,
 )
-from .quant_plan import FLOAT_TYPES, TypeChooser, quantizable, scheme
 
 _REPLACED = ("general.architecture", "general.name", "general.file_type", "general.quantization_version",
              "general.alignment")
@@ -89,7 +89,7 @@ def quantize_gguf(src, dst, outtype: str, *, allow_requantize: bool = False, for
 
 def add_arguments(p):
     """The options of `llamba quantize` / tools/quantize.py on an argparse parser; sets func=run_args."""
-    from .quant_plan import SCHEMES
+    from .plan import SCHEMES
     p.add_argument("input", help="GGUF file to read")
     p.add_argument("output", help="GGUF file to write")
     p.add_argument("type", choices=list(SCHEMES), type=str.lower, help="tensor type or K-quant mix")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from quant import GGMLType as T
 from quant import type_info
 
-from .errors import ConvertError
+from ..errors import ConvertError
 
 
 @dataclass(frozen=True)
