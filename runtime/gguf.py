@@ -37,6 +37,25 @@ _UINT32, _BOOL, _STRING, _ARRAY = 4, 7, 8, 9
 _U32, _U64 = _STRUCTS[4], _STRUCTS[10]
 
 
+REQUIRED = object()  # meta's default for a key that must be present
+
+
+def meta(md: dict, key: str, kind: type | None = None, default=REQUIRED, error: type = GGUFError):
+    """Typed metadata access: md[key] checked to be a `kind` (int: not a bool; float: ints widened), `default` when
+    the key is absent. A missing required key or a value of another kind raises `error` (GGUFError for a
+    model's hyperparameters, TokenizerError for the tokenizer's keys)."""
+    if key not in md:
+        if default is REQUIRED:
+            raise error(f"GGUF metadata has no {key!r}")
+        return default
+    value = md[key]
+    if kind in (int, float) and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return kind(value)
+    if kind is None or (kind is not int and isinstance(value, kind)):
+        return value
+    raise error(f"GGUF metadata {key!r} = {value!r:.40} should be {kind.__name__}, got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str

@@ -16,6 +16,7 @@ space prefix, every fragment gets one). Decoding renders control tokens as their
 import codecs
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import sentencepiece as spm
@@ -23,6 +24,7 @@ from tokenizers import Regex, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import TokenizerError
+from .gguf import meta
 
 # GGUF token types (llama.cpp `llama_token_type`); SentencePiece uses the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -80,21 +82,11 @@ class _Vocab:
 # ---------------------------------------------------------------- metadata access
 
 
-def _key(metadata: dict, key: str, kind, default=None, required=False):
-    if key not in metadata:
-        if required:
-            raise TokenizerError(f"GGUF metadata has no {key!r}")
-        return default
-    value = metadata[key]
-    if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    if kind is not int and isinstance(value, kind):
-        return value
-    raise TokenizerError(f"GGUF metadata {key!r} should be {kind.__name__}, got {type(value).__name__}")
+_key = partial(meta, error=TokenizerError)  # _key(metadata, key, kind[, default]): required without a default
 
 
 def _string_list(metadata: dict, key: str) -> list:
-    value = _key(metadata, key, list, required=True)
+    value = _key(metadata, key, list)
     if not value or not all(isinstance(s, str) for s in value):
         raise TokenizerError(f"GGUF metadata {key!r} must be a non-empty list of strings")
     return value
@@ -103,7 +95,7 @@ def _string_list(metadata: dict, key: str) -> list:
 def _numeric_array(metadata: dict, key: str, n: int, default=None) -> np.ndarray:
     if key not in metadata and default is not None:
         return np.full(n, default)
-    value = _key(metadata, key, np.ndarray, required=True)
+    value = _key(metadata, key, np.ndarray)
     if value.ndim != 1 or len(value) != n or value.dtype.kind not in "iuf":
         raise TokenizerError(f"GGUF metadata {key!r} must be a numeric array of {n} entries (one per token), "
                              f"got {value.dtype} {value.shape}")
@@ -256,7 +248,7 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, metadata: dict) -> "Tokenizer":
-        model = _key(metadata, "tokenizer.ggml.model", str, required=True)
+        model = _key(metadata, "tokenizer.ggml.model", str)
         if model not in MODELS:
             raise TokenizerError(f"unsupported tokenizer.ggml.model {model!r}; supported: {', '.join(MODELS)}")
         tokens = _string_list(metadata, "tokenizer.ggml.tokens")
@@ -283,8 +275,8 @@ class Tokenizer:
                            _token_id(metadata, "tokenizer.ggml.eom_token_id", n)) if t is not None}
         eog.update(i for i in np.flatnonzero(types == CONTROL).tolist() if tokens[i] in _EOG_TEXTS)
         return cls(vocab, backend, bos_id=bos_id, eos_id=eos_id, eog_ids=eog, add_bos=add_bos,
-                   add_space_prefix=add_space_prefix, chat_template=_key(metadata, "tokenizer.chat_template", str),
-                   model=model, pre=pre)
+                   add_space_prefix=add_space_prefix,
+                   chat_template=_key(metadata, "tokenizer.chat_template", str, None), model=model, pre=pre)
 
     # -- encoding
 
