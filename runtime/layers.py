@@ -6,6 +6,7 @@ Activations are float32 arrays of shape (n_tokens, features). Weight matrices ar
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -13,7 +14,8 @@ from numba import njit
 from quant import QMatrix
 from quant.matrix import MatvecGroup
 
-from .archs.base import RopeScaling
+if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
+    from .archs.base import RopeScaling
 
 # ---- norms -------------------------------------------------------------------------------------
 
@@ -65,7 +67,7 @@ class Norm:
 
 # ---- rotary position embedding -----------------------------------------------------------------
 
-def rope_frequencies(n_rot: int, base: float, scaling: RopeScaling | None = None,
+def rope_frequencies(n_rot: int, base: float, scaling: "RopeScaling | None" = None,
                      freq_factors: np.ndarray | None = None) -> tuple:
     """Per-pair angular frequencies (n_rot/2,) float64 and the cos/sin magnitude, as llama.cpp's rope.
 
@@ -94,7 +96,7 @@ def rope_frequencies(n_rot: int, base: float, scaling: RopeScaling | None = None
 class RoPE:
     """Rotary embedding of the first n_rot dims of each head, tables precomputed for n_ctx positions."""
 
-    def __init__(self, n_rot: int, n_ctx: int, base: float, neox: bool, scaling: RopeScaling | None = None,
+    def __init__(self, n_rot: int, n_ctx: int, base: float, neox: bool, scaling: "RopeScaling | None" = None,
                  freq_factors: np.ndarray | None = None):
         freqs, mscale = rope_frequencies(n_rot, base, scaling, freq_factors)
         angles = np.outer(np.arange(n_ctx, dtype=np.float64), freqs)  # (n_ctx, n_rot/2)
@@ -330,6 +332,29 @@ class MoE:
                     np.empty((m, out.shape[1]), np.float32))  # (m, n_embd)
             y *= weights[rows, slot][:, None]
             out[rows] += y
+        return out
+
+
+# ---- embedding ---------------------------------------------------------------------------------
+
+@dataclass
+class Embedding:
+    """Token embedding rows, plus what some architectures add: learned absolute positions (gpt2, opt), a scale
+    (gemma3), a norm (bloom). x = norm((tok[t] + pos[p]) * scale)."""
+    tok: QMatrix  # (n_vocab, n_embd)
+    scale: float = 1.0
+    pos: QMatrix | None = None  # (n_pos, n_embd)
+    norm: Norm | None = None
+
+    def __call__(self, tokens: np.ndarray, pos: int, out: np.ndarray) -> np.ndarray:
+        # tokens (m,) at positions pos..pos+m-1 -> out (m, n_embd)
+        out[:] = self.tok.get_rows(tokens)
+        if self.pos is not None:
+            out += self.pos.get_rows(np.arange(pos, pos + tokens.size))
+        if self.scale != 1.0:
+            out *= np.float32(self.scale)
+        if self.norm is not None:
+            self.norm(out, out)
         return out
 
 

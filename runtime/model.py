@@ -16,8 +16,9 @@ UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activati
 MATRIX_TYPES = frozenset(TYPES) - {GGMLType.Q8_K}  # Q8_K only quantizes activations
 
 
-class _Weights:
-    """Checked access to the file's tensors: matrices as QMatrix, vectors as float32, never copied."""
+class Weights:
+    """Checked access to the file's tensors: matrices as QMatrix, vectors as float32, never copied.
+    The architectures' hooks (archs/base.py) load their tensors through it."""
 
     def __init__(self, gguf: GGUFFile, rms: bool = True):
         self.tensors, self.path, self.rms = gguf.tensors, gguf.path, rms  # rms False: norms are LayerNorms
@@ -81,17 +82,13 @@ class _Weights:
         return None if w is None else Norm(w, self.vector(name + ".bias", n, False), eps, self.rms)
 
 
-def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
+def _layer_weights(w: Weights, c, il: int, required: tuple) -> LayerWeights:
     p, d, hd, eps = f"blk.{il}.", c.n_embd, c.head_dim, c.norm_eps
     nq = c.n_head * hd
     for name in required:
         if p + name not in w.tensors:
             raise GGUFError(f"{w.path}: tensor {p + name!r} is missing ({c.arch} needs it)")
-    attn_norm = w.norm(p + "attn_norm", d, eps)
-    ffn_norm = w.norm(p + "ffn_norm", d, eps, not c.parallel_residual)  # falcon 7B: none, the MLP shares attn_norm
-    attn_norm_2 = w.norm(p + "attn_norm_2", d, eps, False)
-    if attn_norm_2 is not None:  # falcon 40B (llama.cpp's names): attn_norm_2 feeds attention, attn_norm the MLP
-        attn_norm, ffn_norm = attn_norm_2, attn_norm
+    attn_norm, ffn_norm = c.layer_norms(w, p)
     return LayerWeights(
         attn_norm=attn_norm, **_qkv_weights(w, c, p),
         wo=w.matrix(p + "attn_output.weight", d, nq), bo=w.vector(p + "attn_output.bias", d, False),
@@ -104,7 +101,7 @@ def _layer_weights(w: _Weights, c, il: int, required: tuple) -> LayerWeights:
     )
 
 
-def _qkv_weights(w: _Weights, c, p: str) -> dict:
+def _qkv_weights(w: Weights, c, p: str) -> dict:
     """Separate attn_{q,k,v}, or views of a fused attn_qkv (rows: all of Q, then K, then V)."""
     nq, nkv, d = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_embd
     if p + "attn_qkv.weight" in w.tensors:
@@ -115,13 +112,13 @@ def _qkv_weights(w: _Weights, c, p: str) -> dict:
                 bk=w.vector(p + "attn_k.bias", nkv, False), bv=w.vector(p + "attn_v.bias", nkv, False))
 
 
-def _mlp_weights(w: _Weights, c, p: str) -> dict:
+def _mlp_weights(w: Weights, c, p: str) -> dict:
     return dict(w_gate=w.matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd, False),
                 w_up=w.matrix(p + "ffn_up.weight", c.n_ff, c.n_embd),
                 w_down=w.matrix(p + "ffn_down.weight", c.n_embd, c.n_ff))
 
 
-def _moe_weights(w: _Weights, c, p: str) -> dict:
+def _moe_weights(w: Weights, c, p: str) -> dict:
     d, ff, n = c.n_embd, c.n_ff, c.n_expert
     moe = MoE(router=w.matrix(p + "ffn_gate_inp.weight", n, d), gate=w.experts(p + "ffn_gate", n, ff, d),
               up=w.experts(p + "ffn_up", n, ff, d), down=w.experts(p + "ffn_down", n, d, ff), n_used=c.n_expert_used)
@@ -133,17 +130,12 @@ class Model:
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
-        c, w = config, _Weights(gguf, config.norm_rms)
-        self.tok_embd = w.matrix("token_embd.weight", None, c.n_embd)  # (n_vocab, n_embd)
+        c, w = config, Weights(gguf, config.norm_rms)
+        self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
+        self.tok_embd = self.embed.tok  # (n_vocab, n_embd)
         self.n_vocab = self.tok_embd.n_rows
-        self.pos_embd = (None if c.use_rope or c.alibi_max_bias  # (n_pos, n_embd)
-                         else w.matrix("position_embd.weight", None, c.n_embd))
-        if self.pos_embd is not None and self.pos_embd.n_rows < n_ctx:
-            raise LlambaError(f"n_ctx {n_ctx} exceeds the {self.pos_embd.n_rows} learned positions of position_embd")
-        self.embd_norm = w.norm("token_embd_norm", c.n_embd, c.norm_eps, False)  # bloom: on the embeddings
         self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
-        self.output = w.matrix("output.weight", self.n_vocab, c.n_embd, False) or self.tok_embd  # tied
-        self.output_bias = w.vector("output.bias", self.n_vocab, False)  # phi2
+        self.output, self.output_bias = c.output(w, self.tok_embd)  # (n_vocab, n_embd), (n_vocab,) or None
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
 
         ropes = {}  # (base, scaling) -> RoPE, tables shared by the layers that use them
@@ -190,13 +182,7 @@ class Model:
         for i in range(0, n, UBATCH):
             chunk = tokens[i:i + UBATCH]
             b = self._buffers_for(chunk.size)
-            b.x[:] = self.tok_embd.get_rows(chunk)  # (m, n_embd)
-            if self.pos_embd is not None:
-                b.x += self.pos_embd.get_rows(np.arange(pos + i, pos + i + chunk.size))
-            if self.config.embd_scale != 1.0:
-                b.x *= np.float32(self.config.embd_scale)
-            if self.embd_norm is not None:
-                self.embd_norm(b.x, b.x)
+            self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
                 layer(b, pos + i, self.cache.k[il], self.cache.v[il])
             if all_logits:

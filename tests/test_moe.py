@@ -202,4 +202,4 @@ def test_bad_expert_used_count(mixtral, tmp_path, used):
 def test_converter_rejects_bad_expert_config(mixtral, experts):
     cfg = json.loads((mixtral[0] / "config.json").read_text()) | experts
     with pytest.raises(ConvertError, match="num_experts_per_tok"):
-        llama.hf_tensors(cfg)
+        llama.hf_metadata(cfg)

@@ -1,29 +1,22 @@
-"""The generic decoder-only transformer configuration every architecture fills from GGUF metadata.
+"""The hyperparameter record every architecture reads from GGUF metadata, and the hooks where an architecture
+differs from the generic pre-norm decoder.
 
-An architecture module subclasses DecoderConfig (its own dataclass, its own defaults and metadata
-keys) and overrides the per-layer hooks (`layer_window`, `layer_rope`) where layers differ.
+An architecture's `Config` subclasses DecoderConfig: its `from_metadata` reads the common `{arch}.*` keys with
+its own defaults and flags, and it overrides a hook where its model is built differently:
+  embedding(w, n_ctx)    token embedding (+ learned positions, a norm)        default: token_embd * embd_scale
+  output(w, tok_embd)    output matrix and bias                                default: `output`, else tied, no bias
+  layer_norms(w, p)      (attention norm, MLP norm) of block p                 default: attn_norm, ffn_norm
+  layer_window(il)       sliding-window size of layer il                       default: sliding_window
+  layer_rope(il)         (freq_base, RopeScaling) of layer il                  default: rope_base, rope_scaling
+`w` is the loader's model.Weights (checked access to the file's tensors).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..errors import GGUFError, UnsupportedError
-
-_REQUIRED = object()
-
-
-def meta(md: dict, key: str, default=_REQUIRED, kind=None):
-    """md[key] checked against kind (int/float/str/bool); a missing required key raises GGUFError."""
-    if key not in md:
-        if default is _REQUIRED:
-            raise GGUFError(f"GGUF metadata has no {key!r}, which this architecture needs")
-        return default
-    v = md[key]
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if kind is not None and not isinstance(v, kind):
-        raise GGUFError(f"GGUF metadata {key!r} = {v!r} is not a {kind.__name__}")
-    return v
+from ..errors import GGUFError, LlambaError, UnsupportedError
+from ..gguf import meta
+from ..layers import Embedding
 
 
 @dataclass(frozen=True)
@@ -39,22 +32,22 @@ class RopeScaling:
     @classmethod
     def from_metadata(cls, md: dict, arch: str) -> "RopeScaling | None":
         p = f"{arch}.rope.scaling."
-        kind = meta(md, p + "type", "none", str)
-        factor = meta(md, p + "factor", 1.0, float)
+        kind = meta(md, p + "type", str, "none")
+        factor = meta(md, p + "factor", float, 1.0)
         if kind == "none" and f"{arch}.rope.scale_linear" in md:  # older files
-            kind, factor = "linear", meta(md, f"{arch}.rope.scale_linear", kind=float)
+            kind, factor = "linear", meta(md, f"{arch}.rope.scale_linear", float)
         if kind == "none" or factor == 1.0:
             return None
         if kind not in ("linear", "yarn"):
             raise UnsupportedError(f"RoPE scaling type {kind!r} is not supported (supported: none, linear, yarn)")
         if not factor > 0:
             raise GGUFError(f"{p}factor must be positive, got {factor}")
-        original = meta(md, p + "original_context_length", 0, int)
+        original = meta(md, p + "original_context_length", int, 0)
         if kind == "yarn" and original <= 0:
             raise GGUFError(f"yarn RoPE scaling needs {p}original_context_length > 0")
         return cls(kind, factor, original,
-                   meta(md, p + "attn_factor", 1.0, float),
-                   meta(md, p + "yarn_beta_fast", 32.0, float), meta(md, p + "yarn_beta_slow", 1.0, float))
+                   meta(md, p + "attn_factor", float, 1.0),
+                   meta(md, p + "yarn_beta_fast", float, 32.0), meta(md, p + "yarn_beta_slow", float, 1.0))
 
 
 @dataclass(frozen=True)
@@ -90,25 +83,25 @@ class DecoderConfig:
     def read(cls, md: dict, arch: str, **overrides):
         """The common `{arch}.*` keys; keyword arguments override or add arch-specific fields."""
         p = arch + "."
-        n_embd = meta(md, p + "embedding_length", kind=int)
-        n_head = meta(md, p + "attention.head_count", kind=int)
-        n_head_kv = meta(md, p + "attention.head_count_kv", n_head, int)
+        n_embd = meta(md, p + "embedding_length", int)
+        n_head = meta(md, p + "attention.head_count", int)
+        n_head_kv = meta(md, p + "attention.head_count_kv", int, n_head)
         if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
             raise GGUFError(f"attention.head_count {n_head} is not a positive multiple of head_count_kv {n_head_kv}")
-        head_dim = meta(md, p + "attention.key_length", n_embd // n_head, int)
-        if meta(md, p + "attention.value_length", head_dim, int) != head_dim:
+        head_dim = meta(md, p + "attention.key_length", int, n_embd // n_head)
+        if meta(md, p + "attention.value_length", int, head_dim) != head_dim:
             raise UnsupportedError("attention.value_length different from key_length is not supported")
         fields = dict(
-            arch=arch, n_embd=n_embd, n_layer=meta(md, p + "block_count", kind=int), n_head=n_head,
-            n_head_kv=n_head_kv, head_dim=head_dim, n_ff=meta(md, p + "feed_forward_length", kind=int),
-            context_length=meta(md, p + "context_length", kind=int),
-            norm_eps=meta(md, p + "attention.layer_norm_rms_epsilon", 1e-5, float),
-            n_rot=meta(md, p + "rope.dimension_count", head_dim, int),
-            rope_base=meta(md, p + "rope.freq_base", 10000.0, float),
+            arch=arch, n_embd=n_embd, n_layer=meta(md, p + "block_count", int), n_head=n_head,
+            n_head_kv=n_head_kv, head_dim=head_dim, n_ff=meta(md, p + "feed_forward_length", int),
+            context_length=meta(md, p + "context_length", int),
+            norm_eps=meta(md, p + "attention.layer_norm_rms_epsilon", float, 1e-5),
+            n_rot=meta(md, p + "rope.dimension_count", int, head_dim),
+            rope_base=meta(md, p + "rope.freq_base", float, 10000.0),
             rope_scaling=RopeScaling.from_metadata(md, arch),
-            sliding_window=meta(md, p + "attention.sliding_window", 0, int),
-            final_logit_softcap=meta(md, p + "final_logit_softcapping", 0.0, float),
-            n_expert=meta(md, p + "expert_count", 0, int), n_expert_used=meta(md, p + "expert_used_count", 0, int),
+            sliding_window=meta(md, p + "attention.sliding_window", int, 0),
+            final_logit_softcap=meta(md, p + "final_logit_softcapping", float, 0.0),
+            n_expert=meta(md, p + "expert_count", int, 0), n_expert_used=meta(md, p + "expert_used_count", int, 0),
         )
         fields.update(overrides)
         config = cls(**fields)
@@ -118,7 +111,7 @@ class DecoderConfig:
     @classmethod
     def read_layernorm(cls, md: dict, arch: str, **overrides):
         """read() for the LayerNorm architectures (GPT-2 lineage): eps from `{arch}.attention.layer_norm_epsilon`."""
-        return cls.read(md, arch, norm_rms=False, norm_eps=meta(md, f"{arch}.attention.layer_norm_epsilon", kind=float),
+        return cls.read(md, arch, norm_rms=False, norm_eps=meta(md, f"{arch}.attention.layer_norm_epsilon", float),
                         **overrides)
 
     def validate(self):
@@ -137,6 +130,19 @@ class DecoderConfig:
     def scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
 
+    def embedding(self, w, n_ctx: int) -> Embedding:
+        """The token embedding (token_embd), scaled by embd_scale."""
+        return Embedding(w.matrix("token_embd.weight", None, self.n_embd), self.embd_scale)
+
+    def output(self, w, tok_embd) -> tuple:
+        """(output matrix (n_vocab, n_embd), bias (n_vocab,) or None): `output`, or tied to token_embd."""
+        return w.matrix("output.weight", tok_embd.n_rows, self.n_embd, False) or tok_embd, None
+
+    def layer_norms(self, w, p: str) -> tuple:
+        """(norm before attention, norm before the MLP) of block p ('blk.N.'); an MLP norm of None (a parallel
+        block) makes the MLP read the attention norm's output."""
+        return w.norm(p + "attn_norm", self.n_embd, self.norm_eps), w.norm(p + "ffn_norm", self.n_embd, self.norm_eps)
+
     def layer_window(self, il: int) -> int:
         """Sliding-window size of layer il (0: global attention)."""
         return self.sliding_window
@@ -144,3 +150,15 @@ class DecoderConfig:
     def layer_rope(self, il: int) -> tuple:
         """(freq_base, RopeScaling | None) of layer il."""
         return self.rope_base, self.rope_scaling
+
+
+
+class LearnedPositions(DecoderConfig):
+    """A decoder with learned absolute position embeddings (`position_embd`, row p is position p) in place of RoPE:
+    gpt2 and opt subclass it."""
+
+    def embedding(self, w, n_ctx: int) -> Embedding:
+        pos = w.matrix("position_embd.weight", None, self.n_embd)  # (n_pos, n_embd)
+        if pos.n_rows < n_ctx:
+            raise LlambaError(f"n_ctx {n_ctx} exceeds the {pos.n_rows} learned positions of position_embd")
+        return replace(super().embedding(w, n_ctx), pos=pos)

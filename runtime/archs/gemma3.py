@@ -6,11 +6,11 @@ layer (il % 6 == 5; `rope.freq_base` and `rope.scaling`), as llama.cpp's set_swa
 transformers' Gemma3 `layer_types`."""
 
 import math
-from dataclasses import dataclass
 
 from ..errors import UnsupportedError
-from .base import DecoderConfig, meta
-from .hf import add_one, decoder_metadata, decoder_tensors, dims, llama_layer, rope_params
+from ..gguf import meta
+from .base import DecoderConfig
+from .hf import add_one, decoder_metadata, decoder_tensors, llama_layer, rope_params, vocab
 
 LAYER_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                  "post_ffw_norm.weight")
@@ -18,15 +18,14 @@ SWA_PATTERN = 6
 LOCAL_ROPE_BASE = 10000.0
 
 
-@dataclass(frozen=True)
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
-        n_embd = meta(md, "gemma3.embedding_length", kind=int)
-        n_head = meta(md, "gemma3.attention.head_count", kind=int)
-        head_dim = meta(md, "gemma3.attention.key_length", n_embd // max(n_head, 1), int)
+        n_embd = meta(md, "gemma3.embedding_length", int)
+        n_head = meta(md, "gemma3.attention.head_count", int)
+        head_dim = meta(md, "gemma3.attention.key_length", int, n_embd // max(n_head, 1))
         # query_pre_attn_scalar is not in GGUF: llama.cpp uses head_dim, except n_embd / n_head for 27B
-        scalar = n_embd // max(n_head, 1) if meta(md, "gemma3.block_count", 0, int) == 62 else head_dim
+        scalar = n_embd // max(n_head, 1) if meta(md, "gemma3.block_count", int, 0) == 62 else head_dim
         return cls.read(md, "gemma3", rope_neox=True, activation="gelu_tanh", embd_scale=math.sqrt(n_embd),
                         attn_scale=1.0 / math.sqrt(scalar))
 
@@ -44,36 +43,39 @@ class Config(DecoderConfig):
 HF_ARCHITECTURES = ("Gemma3ForCausalLM",)
 
 
-def hf_metadata(cfg: dict) -> dict:
-    """Checks that the checkpoint uses what this module hard-codes (layer pattern, local RoPE, query scale)."""
-    d = dims(cfg, tied_default=True)
+def _rope(cfg: dict) -> tuple:
+    """(global, local) rope parameters of either transformers layout."""
     params = cfg.get("rope_parameters") or {}
     if "full_attention" in params:  # transformers 5: one rope dict per layer type
-        rope, local = params["full_attention"], params.get("sliding_attention", {})
-    else:
-        rope, local = rope_params(cfg), {"rope_theta": cfg.get("rope_local_base_freq", LOCAL_ROPE_BASE)}
-    pattern = ["full_attention" if i % SWA_PATTERN == SWA_PATTERN - 1 else "sliding_attention"
-               for i in range(d.n_layer)]
-    scalar = cfg.get("query_pre_attn_scalar", d.head_dim)
-    if (cfg.get("layer_types", pattern) != pattern or local.get("rope_theta", LOCAL_ROPE_BASE) != LOCAL_ROPE_BASE
-            or local.get("rope_type", "default") != "default" or cfg.get("attn_logit_softcapping")
-            or scalar != (d.n_embd // d.n_head if d.n_layer == 62 else d.head_dim)):
-        raise UnsupportedError("gemma3 checkpoint differs from the Gemma 3 layout llama.cpp assumes (layer_types "
-                               "pattern, local rope_theta 10000, query_pre_attn_scalar, no attention softcapping)")
-    md = decoder_metadata(cfg, d, rope) | {"attention.sliding_window": int(cfg["sliding_window"]),
-                                           "attention.key_length": d.head_dim, "attention.value_length": d.head_dim}
+        return params["full_attention"], params.get("sliding_attention", {})
+    return rope_params(cfg), {"rope_theta": cfg.get("rope_local_base_freq", LOCAL_ROPE_BASE)}
+
+
+def hf_metadata(cfg: dict) -> dict:
+    md = decoder_metadata(cfg, _rope(cfg)[0])
+    head_dim = md["rope.dimension_count"]
+    md |= {"attention.sliding_window": int(cfg["sliding_window"]), "attention.key_length": head_dim,
+           "attention.value_length": head_dim}
     if cfg.get("final_logit_softcapping"):
         md["final_logit_softcapping"] = float(cfg["final_logit_softcapping"])
     return md
 
 
-def hf_tensors(cfg: dict) -> dict:
-    """Norm weights get + 1 (Gemma multiplies by 1 + w; GGUF stores the product's factor)."""
-    d = dims(cfg, tied_default=True)
-    layer = llama_layer(d) | {"post_attention_layernorm.weight": ("post_attention_norm.weight", (d.n_embd,)),
-                              "pre_feedforward_layernorm.weight": ("ffn_norm.weight", (d.n_embd,)),
-                              "post_feedforward_layernorm.weight": ("post_ffw_norm.weight", (d.n_embd,)),
-                              "self_attn.q_norm.weight": ("attn_q_norm.weight", (d.head_dim,)),
-                              "self_attn.k_norm.weight": ("attn_k_norm.weight", (d.head_dim,))}
+def hf_tensors(cfg: dict, c: Config) -> dict:
+    """Checks that the checkpoint uses what Config hard-codes (layer pattern, local RoPE, query scale); norm
+    weights get + 1 (Gemma multiplies by 1 + w; GGUF stores the product's factor)."""
+    local = _rope(cfg)[1]
+    pattern = ["full_attention" if c.is_global(i) else "sliding_attention" for i in range(c.n_layer)]
+    scalar = cfg.get("query_pre_attn_scalar", c.head_dim)
+    if (cfg.get("layer_types", pattern) != pattern or local.get("rope_theta", LOCAL_ROPE_BASE) != LOCAL_ROPE_BASE
+            or local.get("rope_type", "default") != "default" or cfg.get("attn_logit_softcapping")
+            or not math.isclose(c.scale, 1.0 / math.sqrt(scalar))):
+        raise UnsupportedError("gemma3 checkpoint differs from the Gemma 3 layout llama.cpp assumes (layer_types "
+                               "pattern, local rope_theta 10000, query_pre_attn_scalar, no attention softcapping)")
+    layer = llama_layer(c) | {"post_attention_layernorm.weight": ("post_attention_norm.weight", (c.n_embd,)),
+                              "pre_feedforward_layernorm.weight": ("ffn_norm.weight", (c.n_embd,)),
+                              "post_feedforward_layernorm.weight": ("post_ffw_norm.weight", (c.n_embd,)),
+                              "self_attn.q_norm.weight": ("attn_q_norm.weight", (c.head_dim,)),
+                              "self_attn.k_norm.weight": ("attn_k_norm.weight", (c.head_dim,))}
     norms = {gg for gg, _ in layer.values() if "norm" in gg} | {"output_norm.weight"}
-    return decoder_tensors(d, layer, dict.fromkeys(norms, add_one))
+    return decoder_tensors(c, vocab(cfg, tied_default=True), layer, dict.fromkeys(norms, add_one))

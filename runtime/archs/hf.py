@@ -3,9 +3,11 @@ runtime/convert/, reads them; this module needs nothing of it).
 
 An architecture module that can be converted defines:
   HF_ARCHITECTURES = ("LlamaForCausalLM", ...)    # config.json "architectures" it accepts
-  hf_metadata(cfg) -> dict                          # `{arch}.*` keys without the prefix
-  hf_tensors(cfg) -> dict[str, HFTensor]            # every expected HF tensor: GGUF name, shape, transform
-Most decoders are built from `Dims`, `decoder_metadata` and `llama_layer` below.
+  hf_metadata(cfg) -> dict                          # config.json -> `{arch}.*` keys without the prefix
+  hf_tensors(cfg, config) -> dict[str, HFTensor]    # every expected HF tensor: GGUF name, shape, transform
+`hf_config` reads the architecture's Config from hf_metadata's keys with the loader's own from_metadata, so
+hf_tensors' shapes come from the one hyperparameter record the runtime uses. Most decoders are built from
+`decoder_metadata`, `vocab`, `llama_layer` and `decoder_tensors` below.
 """
 
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConvertError, UnsupportedError
+from ..errors import ConvertError, GGUFError, UnsupportedError
 
 # HF tensors a checkpoint may carry that GGUF drops (recomputed at load time)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -28,18 +30,6 @@ class HFTensor:
     out_shape: tuple | None = None  # GGUF shape when transform changes it (None: same as shape)
 
 
-@dataclass(frozen=True)
-class Dims:
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_vocab: int
-    tied: bool  # output projection shares token_embd
-
-
 def _int(cfg: dict, key: str, default=None) -> int:
     v = cfg.get(key, default)
     if v is None:
@@ -49,16 +39,19 @@ def _int(cfg: dict, key: str, default=None) -> int:
     return v
 
 
-def dims(cfg: dict, tied_default: bool = False) -> Dims:
-    n_embd, n_head = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
-    n_head_kv = _int(cfg, "num_key_value_heads", n_head)
-    if n_head % n_head_kv:
-        raise ConvertError(f"config.json num_attention_heads {n_head} is not a multiple of num_key_value_heads "
-                           f"{n_head_kv}")
-    head_dim = cfg.get("head_dim") or n_embd // n_head
-    return Dims(n_embd, _int(cfg, "num_hidden_layers"), n_head, n_head_kv, _int({"head_dim": head_dim}, "head_dim"),
-                _int(cfg, "intermediate_size"), _int(cfg, "vocab_size"),
-                bool(cfg.get("tie_word_embeddings", tied_default)))
+def vocab(cfg: dict, tied_default: bool = False) -> tuple:
+    """(n_vocab, tied): config.json's vocab_size, and whether the output projection shares token_embd."""
+    return _int(cfg, "vocab_size"), bool(cfg.get("tie_word_embeddings", tied_default))
+
+
+def hf_config(mod, arch: str, cfg: dict) -> tuple:
+    """(`{arch}.*` metadata, mod.Config) of config.json: the Config is read from the metadata the converter writes,
+    as the loader reads it; a value it rejects is reported against config.json."""
+    md = {f"{arch}.{k}": v for k, v in mod.hf_metadata(cfg).items()}
+    try:
+        return md, mod.Config.from_metadata(md)
+    except GGUFError as e:
+        raise ConvertError(f"config.json describes no valid {arch} model: {e}") from None
 
 
 def rope_metadata(params: dict) -> dict:
@@ -85,18 +78,32 @@ def rope_params(cfg: dict) -> dict:
     return params
 
 
-def decoder_metadata(cfg: dict, d: Dims, rope: dict) -> dict:
-    """The common `{arch}.*` keys of a decoder (DESIGN §1)."""
+def decoder_metadata(cfg: dict, rope: dict | None = None, layer_norm_eps: float | None = None) -> dict:
+    """The common `{arch}.*` keys of a decoder (DESIGN §1) from config.json values under transformers' llama names
+    (hidden_size, num_attention_heads, ...; an architecture naming them otherwise passes a renamed dict).
+    rope: rope parameters (rope_params), None without RoPE; layer_norm_eps: a LayerNorm's epsilon, None for
+    RMSNorm (config.json's rms_norm_eps)."""
+    n_embd, n_head = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
+    n_head_kv = _int(cfg, "num_key_value_heads", n_head)
+    if n_head % n_head_kv:
+        raise ConvertError(f"config.json num_attention_heads {n_head} is not a multiple of num_key_value_heads "
+                           f"{n_head_kv}")
+    head_dim = _int({"head_dim": cfg.get("head_dim") or n_embd // n_head}, "head_dim")
     md = {
         "context_length": _int(cfg, "max_position_embeddings", 2048),
-        "embedding_length": d.n_embd, "block_count": d.n_layer, "feed_forward_length": d.n_ff,
-        "attention.head_count": d.n_head, "attention.head_count_kv": d.n_head_kv,
-        "attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
-        "rope.dimension_count": d.head_dim,
+        "embedding_length": n_embd, "block_count": _int(cfg, "num_hidden_layers"),
+        "feed_forward_length": _int(cfg, "intermediate_size"),
+        "attention.head_count": n_head, "attention.head_count_kv": n_head_kv,
     }
-    if d.head_dim != d.n_embd // d.n_head:
-        md.update({"attention.key_length": d.head_dim, "attention.value_length": d.head_dim})
-    md.update(rope_metadata(rope))
+    if layer_norm_eps is None:
+        md["attention.layer_norm_rms_epsilon"] = float(cfg.get("rms_norm_eps", 1e-6))
+    else:
+        md["attention.layer_norm_epsilon"] = float(layer_norm_eps)
+    if head_dim != n_embd // n_head:
+        md.update({"attention.key_length": head_dim, "attention.value_length": head_dim})
+    if rope is not None:
+        md["rope.dimension_count"] = head_dim
+        md.update(rope_metadata(rope))
     return md
 
 
@@ -108,8 +115,8 @@ def permute_rope(n_head: int) -> Callable:
     return permute
 
 
-def llama_layer(d: Dims) -> dict:
-    """HF suffix within `model.layers.N.` -> (GGUF suffix within `blk.N.`, shape) of a llama-style block."""
+def llama_layer(d) -> dict:
+    """HF suffix within `model.layers.N.` -> (GGUF suffix within `blk.N.`, shape) of a llama-style block of Config d."""
     q, kv = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
     return {
         "input_layernorm.weight": ("attn_norm.weight", (d.n_embd,)),
@@ -124,29 +131,29 @@ def llama_layer(d: Dims) -> dict:
     }
 
 
-def moe_layer(d: Dims, n_expert: int) -> dict:
+def moe_layer(d) -> dict:
     """llama_layer with Mixtral's `block_sparse_moe` (router `gate`, experts' w1/w3/w2 = gate/up/down, stacked
     into `ffn_{gate,up,down}_exps`) in place of the MLP; entries (GGUF suffix, shape, expert index)."""
     layer = {k: v for k, v in llama_layer(d).items() if not k.startswith("mlp.")}
-    layer["block_sparse_moe.gate.weight"] = ("ffn_gate_inp.weight", (n_expert, d.n_embd))
-    for e in range(n_expert):
+    layer["block_sparse_moe.gate.weight"] = ("ffn_gate_inp.weight", (d.n_expert, d.n_embd))
+    for e in range(d.n_expert):
         for w, gg, shape in (("w1", "ffn_gate_exps", (d.n_ff, d.n_embd)), ("w3", "ffn_up_exps", (d.n_ff, d.n_embd)),
                              ("w2", "ffn_down_exps", (d.n_embd, d.n_ff))):
             layer[f"block_sparse_moe.experts.{e}.{w}.weight"] = (gg + ".weight", shape, e)
     return layer
 
 
-def decoder_tensors(d: Dims, layer: dict, transforms: dict | None = None) -> dict:
-    """Every HF tensor of a decoder: embeddings, final norm, `lm_head` unless tied, and `layer` per block
-    (entries (GGUF suffix, shape) or (GGUF suffix, shape, expert index)).
+def decoder_tensors(d, vocab: tuple, layer: dict, transforms: dict | None = None) -> dict:
+    """Every HF tensor of a decoder of Config d with vocab (n_vocab, tied): embeddings, final norm, `lm_head` unless
+    tied, and `layer` per block (entries (GGUF suffix, shape) or (GGUF suffix, shape, expert index)).
     transforms maps a GGUF suffix ('attn_q.weight', 'output_norm.weight', ...) to a function."""
-    transforms = transforms or {}
+    transforms, (n_vocab, tied) = transforms or {}, vocab
     out = {
-        "model.embed_tokens.weight": HFTensor("token_embd.weight", (d.n_vocab, d.n_embd)),
+        "model.embed_tokens.weight": HFTensor("token_embd.weight", (n_vocab, d.n_embd)),
         "model.norm.weight": HFTensor("output_norm.weight", (d.n_embd,), transforms.get("output_norm.weight")),
     }
-    if not d.tied:
-        out["lm_head.weight"] = HFTensor("output.weight", (d.n_vocab, d.n_embd))
+    if not tied:
+        out["lm_head.weight"] = HFTensor("output.weight", (n_vocab, d.n_embd))
     for i in range(d.n_layer):
         for hf, (gg, shape, *expert) in layer.items():
             out[f"model.layers.{i}.{hf}"] = HFTensor(f"blk.{i}.{gg}", shape, transforms.get(gg), *expert)
@@ -172,6 +179,19 @@ def with_biases(entries) -> dict:
     for hf, gg, shape in entries:
         out |= {f"{hf}.weight": (f"{gg}.weight", shape), f"{hf}.bias": (f"{gg}.bias", shape[:1])}
     return out
+
+
+def qkv_rows(n_head_kv: int, n_head: int) -> Callable:
+    """Fused QKV rows grouped per KV head as Hugging Face stores them, (n_head_kv, n_head/n_head_kv + 2, head_dim):
+    the head's queries, its key, its value (GPT-NeoX and BLOOM: n_head_kv = n_head, per head q, k, v) -> llama.cpp's
+    order: all Q rows, then K, then V."""
+    rep = n_head // n_head_kv
+
+    def reorder(w: np.ndarray) -> np.ndarray:  # (n_head_kv * (rep + 2) * head_dim, ...) rows
+        g = w.reshape(n_head_kv, rep + 2, -1, *w.shape[1:])
+        return np.concatenate([g[:, :rep].reshape(-1, *w.shape[1:]), g[:, rep].reshape(-1, *w.shape[1:]),
+                               g[:, rep + 1].reshape(-1, *w.shape[1:])])
+    return reorder
 
 
 def transpose(w: np.ndarray) -> np.ndarray:

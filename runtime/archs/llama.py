@@ -4,16 +4,13 @@
 The GGUF converter permutes Q/K rows from Hugging Face's rotate-half order into adjacent pairs, so
 llama applies normal RoPE where qwen2 and gemma3 (unpermuted) apply neox RoPE."""
 
-from dataclasses import dataclass
-
 from ..errors import ConvertError, UnsupportedError
 from .base import DecoderConfig
-from .hf import decoder_metadata, decoder_tensors, dims, llama_layer, moe_layer, permute_rope, rope_params
+from .hf import decoder_metadata, decoder_tensors, llama_layer, moe_layer, permute_rope, rope_params, vocab
 
 LAYER_TENSORS = ()  # beyond the common attn_norm, attn_{q,k,v,output}, ffn_norm, ffn_{gate,up,down}
 
 
-@dataclass(frozen=True)
 class Config(DecoderConfig):
     @classmethod
     def from_metadata(cls, md: dict) -> "Config":
@@ -25,7 +22,7 @@ HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalL
 
 
 def hf_metadata(cfg: dict) -> dict:
-    md = decoder_metadata(cfg, dims(cfg), rope_params(cfg))
+    md = decoder_metadata(cfg, rope_params(cfg))
     if cfg.get("sliding_window"):  # Mistral
         md["attention.sliding_window"] = int(cfg["sliding_window"])
     if "num_local_experts" in cfg:  # Mixtral
@@ -41,11 +38,9 @@ def _experts(cfg: dict) -> tuple:
     return n, k
 
 
-def hf_tensors(cfg: dict) -> dict:
+def hf_tensors(cfg: dict, c: Config) -> dict:
     """Q/K rows permuted from rotate-half to adjacent pairs (normal RoPE, see the module docstring)."""
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise UnsupportedError("llama checkpoints with attention_bias or mlp_bias are not supported")
-    d = dims(cfg)
-    layer = moe_layer(d, _experts(cfg)[0]) if "num_local_experts" in cfg else llama_layer(d)
-    return decoder_tensors(d, layer, {"attn_q.weight": permute_rope(d.n_head),
-                                      "attn_k.weight": permute_rope(d.n_head_kv)})
+    return decoder_tensors(c, vocab(cfg), moe_layer(c) if c.n_expert else llama_layer(c),
+                           {"attn_q.weight": permute_rope(c.n_head), "attn_k.weight": permute_rope(c.n_head_kv)})

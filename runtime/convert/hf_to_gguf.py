@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import archs
-from ..archs.hf import IGNORED_SUFFIXES
+from ..archs.hf import IGNORED_SUFFIXES, hf_config
 from ..errors import ConvertError, UnsupportedError
 from .checkpoint import Checkpoint
 from .plan import TypeChooser, scheme
@@ -131,10 +131,11 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
     out = Path(outfile) if outfile else model_dir / f"{model_dir.name}-{s.name}.gguf"
     if not dry_run:
         check_target(out, force)
-    expected = mod.hf_tensors(cfg)
+    arch_md, config = hf_config(mod, arch, cfg)  # the Config the runtime will read from this file's metadata
+    expected = mod.hf_tensors(cfg, config)
     ckpt = Checkpoint(model_dir)
     _check_tensors(ckpt, expected)
-    metadata = [typed(f"{arch}.{k}", v) for k, v in mod.hf_metadata(cfg).items()]
+    metadata = [typed(k, v) for k, v in arch_md.items()]
     metadata += general_metadata(cfg.get("_name_or_path") or model_dir.name, s.file_type)
     metadata += [typed(k, v) for k, v in vocab_metadata(model_dir, cfg).items()]
 
