@@ -32,6 +32,7 @@ from hf_models import (
 
 from runtime.archs import bloom, falcon, mpt, opt
 from runtime.convert import convert
+from runtime.convert.requantize import quantize_gguf
 from runtime.errors import UnsupportedError
 from runtime.gguf import GGUFFile
 from runtime.model import load_model
@@ -62,6 +63,18 @@ def test_logits_match_transformers(converted, kind, outtype, min_corr):
     path, model = converted(kind, outtype)
     tokens = tokens_for(model)
     assert_logits_match(llamba_logits(path, tokens), transformers_logits(model, tokens), min_corr, f"{kind} {outtype}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_q4_k_m_plan_counts_the_layers(converted, kind):
+    """The converter's Q4_K_M mix gives attn_v / ffn_down more bits in the layers llama.cpp does, whatever
+    config.json calls its layer count (n_layer, n_layers, num_hidden_layers): the same plan as requantizing the
+    f32 file, whose plan is checked against llama.cpp's own Q4_K_M files (test_quantize_file.py)."""
+    path, _ = converted(kind, "f32")
+    with GGUFFile(converted(kind, "q4_k_m")[0]) as g:
+        written = {n: t.qtype.name for n, t in g.tensors.items()}
+    plan = quantize_gguf(path, path, "q4_k_m", dry_run=True, log=lambda s: None)
+    assert written == {t.name: t.qtype.name for t in plan.tensors}
 
 
 def test_file_layout(converted):

@@ -141,7 +141,7 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
 
     by_gguf = _gguf_tensors(expected)
     has_output = any(g == "output.weight" for g, _, _ in by_gguf)
-    chooser = TypeChooser(s, int(cfg.get("num_hidden_layers", 0)), has_output, int(cfg.get("num_local_experts", 0)))
+    chooser = TypeChooser(s, config.n_layer, has_output, config.n_expert)
     tensors = []
     for gguf_name, shape, parts in by_gguf:
         qtype, note = chooser.choose(gguf_name, shape)
