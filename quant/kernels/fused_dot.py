@@ -24,6 +24,7 @@ inline = njit(cache=True, nogil=True, inline="always")
 row_jit = njit(cache=True, nogil=True, fastmath=FAST)  # one per type: each row dot is its own LLVM function
 
 ACC = 64  # accumulator lanes of the row dots
+_IQ4NL_F32 = KVALUES_IQ4NL.astype(np.float32)
 _F16, _F4, _F64 = np.float32(16.0), np.float32(4.0), np.float32(64.0)
 
 
@@ -134,10 +135,10 @@ def dot_iq4_nl(row, x, xsum, acc):  # value d KVALUES_IQ4NL[nibble]
     for ib in range(x.shape[0] // QK):
         o = B.IQ4_NL_SIZE * ib
         f = load_f16(row, o)
-        for l in range(_opaque(16, x)):  # hot loop: two table lookups per byte
-            b = np.int64(row[o + B.IQ4_NL_QS + l])
-            acc[l] += np.float32(KVALUES_IQ4NL[b & 15]) * (x[QK * ib + l] * f)
-            acc[16 + l] += np.float32(KVALUES_IQ4NL[b >> 4]) * (x[QK * ib + 16 + l] * f)
+        for l in range(_opaque(16, x)):  # hot loop: two table lookups per byte (unsigned indices: no wraparound)
+            b = np.uint64(row[o + B.IQ4_NL_QS + l])
+            acc[l] += _IQ4NL_F32[b & np.uint64(15)] * (x[QK * ib + l] * f)
+            acc[16 + l] += _IQ4NL_F32[b >> np.uint64(4)] * (x[QK * ib + 16 + l] * f)
     return acc.sum()
 
 
