@@ -96,7 +96,10 @@ LLAMA_FTYPE_MOSTLY_IQ4_NL = 25
 def test_llama_cpp_iq4_nl_file(checkpoints, tmp_path):
     """A file llama.cpp quantized to IQ4_NL itself (llama_model_quantize, ftype 25, from our f32 file): llamba
     loads it and gives llama.cpp's logits; our iq4_nl plan picks llama.cpp's type per tensor, our IQ4_NL quantizer
-    writes llama.cpp's bytes for nearly every block, and our converter's iq4_nl file runs the same in llama.cpp."""
+    writes llama.cpp's bytes for nearly every block, and our converter's iq4_nl file runs the same in llama.cpp.
+    Measured: 40064 of 40064 blocks equal; logits (both files) top-1 98.4% overall, 100% at the 35 clear positions,
+    correlation 0.99982. (Equality is not required of every block: a build with FMA contraction may round a
+    weighted sum differently.)"""
     d, model = checkpoints("llama", "safetensors")
     tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)
     f32 = tmp_path / "f32.gguf"
