@@ -4,15 +4,15 @@ Output per activation row: int8 quants qx (n,), float32 block scales dx, int32 s
 16 elements bs (n // 16,) (ggml's bsums), which carry the weights' offsets and sub-block minimums, and for
 Q8_0 xs (n // 32,) = d * sum of the block's quants (ggml's Q8_1 `s`), the activation side of a Q4_1/Q5_1
 block's minimum.
-Q8_0 (32-blocks): d = amax / 127 rounded to fp16, qx = roundf(x / d)  (quantize_row_q8_0_ref).
-Q8_K (256-blocks): the signed extreme maps to -127, nearest even, float32 d  (quantize_row_q8_K_ref).
+The block quantizers are quant.quantize's (the storage formats Q8_0 and Q8_K): Q8_0 d is kept as its fp16 value.
 """
 
 import numpy as np
 from numba import njit
 
-from .fp16 import half_to_float
-from .quantize import _absmax_signed, _nearest_int, _roundf, float_to_half
+from .blocks import QK
+from .fp16 import float_to_half, half_to_float
+from .quantize import q8_0_block, q8_k_block
 from .types import QK_K
 
 jit = njit(cache=True, nogil=True, error_model="numpy")
@@ -20,30 +20,14 @@ jit = njit(cache=True, nogil=True, error_model="numpy")
 
 @jit
 def _q8_0_row(x, qx, dx):
-    for b in range(x.shape[0] // 32):
-        amax = np.float32(0.0)
-        for j in range(32 * b, 32 * b + 32):
-            amax = max(amax, abs(x[j]))
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        dx[b] = half_to_float(float_to_half(d))
-        for j in range(32 * b, 32 * b + 32):
-            qx[j] = _roundf(x[j] * inv)
+    for b in range(x.shape[0] // QK):
+        dx[b] = half_to_float(float_to_half(q8_0_block(x[QK * b:QK * (b + 1)], qx[QK * b:QK * (b + 1)])))
 
 
 @jit
 def _q8_k_row(x, qx, dx):
     for b in range(x.shape[0] // QK_K):
-        xb = x[QK_K * b:QK_K * (b + 1)]
-        extreme = _absmax_signed(xb)
-        if extreme == 0:
-            dx[b] = 0.0
-            qx[QK_K * b:QK_K * (b + 1)] = 0
-            continue
-        iscale = np.float32(-127.0) / extreme
-        dx[b] = np.float32(1.0) / iscale
-        for j in range(QK_K):
-            qx[QK_K * b + j] = min(127, _nearest_int(iscale * xb[j]))
+        dx[b] = q8_k_block(x[QK_K * b:QK_K * (b + 1)], qx[QK_K * b:QK_K * (b + 1)])
 
 
 @jit

@@ -1,10 +1,10 @@
 """Dequantize raw GGML blocks to float32: one small Numba decoder per type, and a threaded driver.
 
-Every decoder has the signature `decode(src, s, dst, o, n)`: it decodes the n consecutive blocks whose
-bytes start at src[s] (uint8, 1-D) into dst[o : o + n*block_size] (float32, 1-D). Other kernels reuse
-them through `BLOCK_DECODERS` (e.g. one block into a scratch buffer: `decode(row, b*type_size, buf, 0, 1)`).
-They follow ggml's `dequantize_row_*` and round like it (products, then sums; no fused multiply-add),
-so the results are bit-exact with `gguf.quants`.
+Every decoder has the signature `decode(src, s, dst, o, n)` (block layouts from quant.blocks): it decodes the n
+consecutive blocks whose bytes start at src[s] (uint8, 1-D) into dst[o : o + n*block_size] (float32, 1-D).
+Other kernels reuse them through `BLOCK_DECODERS` (one block into a scratch buffer:
+`decode(row, b*type_size, buf, 0, 1)`). They follow ggml's `dequantize_row_*` and round like it (products, then
+sums; no fused multiply-add), so the results are bit-exact with `gguf.quants`.
 
 Hot loops work on slices (contiguous views) and store several outputs per iteration: with plain
 constant-trip loops LLVM unrolls them into scalar code (Numba leaves the SLP vectorizer off), while
@@ -23,7 +23,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from .fp16 import bfloat_to_float, half_to_float, load_f16, load_f32
+from . import blocks as B
+from .blocks import KVALUES_IQ4NL, QK, q2k_scale_min, q3k_scale, q6k_scale, scale_min_k4
+from .fp16 import bfloat_to_float, half_to_float, load_f16, load_f32, load_u32
 from .types import QK_K, GGMLType, QuantTypeError, row_bytes, type_info
 
 _jit = njit(cache=True, nogil=True)
@@ -53,24 +55,21 @@ def decode_bf16(src, s, dst, o, n):
 # ---- 32-element blocks ----
 
 @_jit
-def _u32(src, i):
-    """The little-endian uint32 at src[i:i+4], as int64."""
-    return np.int64(src[i]) | (np.int64(src[i + 1]) << 8) | (np.int64(src[i + 2]) << 16) | (np.int64(src[i + 3]) << 24)
-
-
-@_jit
-def _nibbles(src, q_at, hbits, d, m, zero, dst, o):
+def _nibbles(src, q_at, hbits, d, m, zero, dst, o, table=None):
     """32 elements from the 16 bytes of nibbles at src[q_at]: low nibble of byte j = element j, high = j+16.
 
     hbits: the 5th bits as a 32-bit mask (bit j for element j; 0 for 4-bit types). Value (q - zero)*d,
-    plus m unless m is None.
+    plus m unless m is None; with a table (IQ4_NL's levels) d*table[q]. (None arguments are compile-time.)
     """
     qs = src[q_at:q_at + 16]
     y = dst[o:o + 32]
     for j in range(len(qs)):  # hot loop (a trip count LLVM cannot fold keeps it a vectorizable loop)
         lo = (qs[j] & 0x0F) | (((hbits >> j) & 1) << 4)
         hi = (qs[j] >> 4) | (((hbits >> (j + 16)) & 1) << 4)
-        if m is None:
+        if table is not None:
+            y[j] = d * np.float32(table[lo])
+            y[j + 16] = d * np.float32(table[hi])
+        elif m is None:
             y[j] = d * np.float32(lo - zero)
             y[j + 16] = d * np.float32(hi - zero)
         else:
@@ -79,42 +78,50 @@ def _nibbles(src, q_at, hbits, d, m, zero, dst, o):
 
 
 @_jit
-def decode_q4_0(src, s, dst, o, n):  # d, qs[16]
+def decode_q4_0(src, s, dst, o, n):
     for b in range(n):
-        at = s + 18 * b
-        _nibbles(src, at + 2, 0, load_f16(src, at), None, 8, dst, o + 32 * b)
+        at = s + B.Q4_0_SIZE * b
+        _nibbles(src, at + B.Q4_0_QS, 0, load_f16(src, at), None, 8, dst, o + QK * b)
 
 
 @_jit
-def decode_q4_1(src, s, dst, o, n):  # d, m, qs[16]
+def decode_q4_1(src, s, dst, o, n):
     for b in range(n):
-        at = s + 20 * b
-        _nibbles(src, at + 4, 0, load_f16(src, at), load_f16(src, at + 2), 0, dst, o + 32 * b)
+        at = s + B.Q4_1_SIZE * b
+        _nibbles(src, at + B.Q4_1_QS, 0, load_f16(src, at), load_f16(src, at + B.Q4_1_M), 0, dst, o + QK * b)
 
 
 @_jit
-def decode_q5_0(src, s, dst, o, n):  # d, qh[4], qs[16]
+def decode_q5_0(src, s, dst, o, n):
     for b in range(n):
-        at = s + 22 * b
-        _nibbles(src, at + 6, _u32(src, at + 2), load_f16(src, at), None, 16, dst, o + 32 * b)
+        at = s + B.Q5_0_SIZE * b
+        _nibbles(src, at + B.Q5_0_QS, load_u32(src, at + B.Q5_0_QH), load_f16(src, at), None, 16, dst, o + QK * b)
 
 
 @_jit
-def decode_q5_1(src, s, dst, o, n):  # d, m, qh[4], qs[16]
+def decode_q5_1(src, s, dst, o, n):
     for b in range(n):
-        at = s + 24 * b
-        _nibbles(src, at + 8, _u32(src, at + 4), load_f16(src, at), load_f16(src, at + 2), 0, dst, o + 32 * b)
+        at = s + B.Q5_1_SIZE * b
+        _nibbles(src, at + B.Q5_1_QS, load_u32(src, at + B.Q5_1_QH), load_f16(src, at), load_f16(src, at + B.Q5_1_M), 0,
+                 dst, o + QK * b)
 
 
 @_jit
-def decode_q8_0(src, s, dst, o, n):  # d, qs[32] int8
+def decode_q8_0(src, s, dst, o, n):
     for b in range(n):
-        at, to = s + 34 * b, o + 32 * b
+        at, to = s + B.Q8_0_SIZE * b, o + QK * b
         d = load_f16(src, at)
-        qs = src[at + 2:at + 34]
+        qs = src[at + B.Q8_0_QS:at + B.Q8_0_QS + 32]
         y = dst[to:to + 32]
         for j in range(len(qs)):  # hot loop (a trip count LLVM cannot fold keeps it a vectorizable loop)
             y[j] = np.float32(np.int8(qs[j])) * d
+
+
+@_jit
+def decode_iq4_nl(src, s, dst, o, n):  # Q4_0's nibble layout, levels from a table
+    for b in range(n):
+        at = s + B.IQ4_NL_SIZE * b
+        _nibbles(src, at + B.IQ4_NL_QS, 0, load_f16(src, at), None, 0, dst, o + QK * b, KVALUES_IQ4NL)
 
 
 # ---- 256-element super-blocks (K-quants) ----
@@ -122,19 +129,19 @@ def decode_q8_0(src, s, dst, o, n):  # d, qs[32] int8
 # each plane 2 sub-blocks of 16 with their own scale; sub-block k = 8*half + 2*plane + (l >= 16).
 
 @_jit
-def decode_q2_k(src, s, dst, o, n):  # scales[16] (low nibble scale, high nibble min), qs[64], d, dmin
+def decode_q2_k(src, s, dst, o, n):
     dl = np.empty(8, np.float32)
     ml = np.empty(8, np.float32)
     for b in range(n):
-        at, to = s + 84 * b, o + QK_K * b
-        d = load_f16(src, at + 80)
-        dmin = load_f16(src, at + 82)
+        at, to = s + B.Q2_K_SIZE * b, o + QK_K * b
+        d = load_f16(src, at + B.Q2_K_D)
+        dmin = load_f16(src, at + B.Q2_K_DMIN)
         for half in range(2):
             for i in range(8):
-                sc = src[at + half * 8 + i]
-                dl[i] = d * np.float32(sc & 0x0F)
-                ml[i] = dmin * np.float32(sc >> 4)
-            qs = src[at + 16 + half * 32:at + 48 + half * 32]
+                sc, mn = q2k_scale_min(src, at, half * 8 + i)
+                dl[i] = d * np.float32(sc)
+                ml[i] = dmin * np.float32(mn)
+            qs = src[at + B.Q2_K_QS + half * 32:at + B.Q2_K_QS + 32 + half * 32]
             y = dst[to + half * 128:to + half * 128 + 128]
             for l in range(16):  # hot loop: 4 planes x 2 sub-blocks
                 for p in range(4):
@@ -143,24 +150,17 @@ def decode_q2_k(src, s, dst, o, n):  # scales[16] (low nibble scale, high nibble
 
 
 @_jit
-def _scale_q3_k(src, at, k):
-    """The k-th of 16 six-bit scales at src[at:at+12], minus 32: low 4 bits in bytes 0-7, high 2 in 8-11."""
-    low = (src[at + k % 8] >> (4 * (k // 8))) & 0x0F
-    high = (src[at + 8 + k % 4] >> (2 * (k // 4))) & 0x03
-    return (low | (high << 4)) - 32
-
-
-@_jit
-def decode_q3_k(src, s, dst, o, n):  # hmask[32], qs[64], scales[12], d
+def decode_q3_k(src, s, dst, o, n):
     dl = np.empty(8, np.float32)
     for b in range(n):
-        at, to = s + 110 * b, o + QK_K * b
-        d = load_f16(src, at + 108)
-        hmask = src[at:at + 32]  # high bit of element half*128 + p*32 + l: bit 4*half + p of hmask[l]
+        at, to = s + B.Q3_K_SIZE * b, o + QK_K * b
+        d = load_f16(src, at + B.Q3_K_D)
+        # high bit of element 128 half + 32 p + l: bit 4 half + p of hmask[l]
+        hmask = src[at + B.Q3_K_HMASK:at + B.Q3_K_HMASK + 32]
         for half in range(2):
             for i in range(8):
-                dl[i] = d * np.float32(_scale_q3_k(src, at + 96, half * 8 + i))
-            qs = src[at + 32 + half * 32:at + 64 + half * 32]
+                dl[i] = d * np.float32(q3k_scale(src, at + B.Q3_K_SCALES, half * 8 + i))
+            qs = src[at + B.Q3_K_QS + half * 32:at + B.Q3_K_QS + 32 + half * 32]
             y = dst[to + half * 128:to + half * 128 + 128]
             for l in range(16):  # hot loop: 4 planes x 2 sub-blocks, q = low 2 bits - (high bit ? 0 : 4)
                 for p in range(4):
@@ -172,17 +172,7 @@ def decode_q3_k(src, s, dst, o, n):  # hmask[32], qs[64], scales[12], d
 
 
 @_jit
-def scale_min_k4(src, at, j):
-    """Scale and min (6 bits each) of sub-block j of a Q4_K/Q5_K block, from the 12 bytes at src[at]."""
-    if j < 4:
-        return src[at + j] & 0x3F, src[at + j + 4] & 0x3F
-    sc = (src[at + j + 4] & 0x0F) | ((src[at + j - 4] >> 2) & 0x30)
-    mn = (src[at + j + 4] >> 4) | ((src[at + j] >> 2) & 0x30)
-    return sc, mn
-
-
-@_jit
-def _k4_super_blocks(src, s, type_size, qh_at, qs_at, dst, o, n):
+def _k4_super_blocks(src, s, type_size, qh_at, qs_at, dst, o, n):  # Q4_K and Q5_K share d, dmin, scales
     """n Q4_K (qh_at < 0) or Q5_K super-blocks: 8 sub-blocks of 32, value d*sc*q - dmin*min.
 
     qh_at, qs_at: offsets inside a block. Sub-blocks 2g and 2g+1 are the low and high nibbles of
@@ -192,10 +182,10 @@ def _k4_super_blocks(src, s, type_size, qh_at, qs_at, dst, o, n):
     ml = np.empty(8, np.float32)
     for b in range(n):
         at, to = s + type_size * b, o + QK_K * b
-        d = load_f16(src, at)
-        dmin = load_f16(src, at + 2)
+        d = load_f16(src, at + B.Q4_K_D)
+        dmin = load_f16(src, at + B.Q4_K_DMIN)
         for j in range(8):
-            sc, mn = scale_min_k4(src, at + 4, j)
+            sc, mn = scale_min_k4(src, at + B.Q4_K_SCALES, j)
             dl[j] = d * np.float32(sc)
             ml[j] = dmin * np.float32(mn)
         qs = src[at + qs_at:at + qs_at + 128]
@@ -216,26 +206,27 @@ def _k4_super_blocks(src, s, type_size, qh_at, qs_at, dst, o, n):
 
 
 @_jit
-def decode_q4_k(src, s, dst, o, n):  # d, dmin, scales[12], qs[128]
-    _k4_super_blocks(src, s, 144, -1, 16, dst, o, n)
+def decode_q4_k(src, s, dst, o, n):
+    _k4_super_blocks(src, s, B.Q4_K_SIZE, -1, B.Q4_K_QS, dst, o, n)
 
 
 @_jit
-def decode_q5_k(src, s, dst, o, n):  # d, dmin, scales[12], qh[32], qs[128]
-    _k4_super_blocks(src, s, 176, 16, 48, dst, o, n)
+def decode_q5_k(src, s, dst, o, n):
+    _k4_super_blocks(src, s, B.Q5_K_SIZE, B.Q5_K_QH, B.Q5_K_QS, dst, o, n)
 
 
 @_jit
-def decode_q6_k(src, s, dst, o, n):  # ql[128], qh[64], scales[16] int8, d
+def decode_q6_k(src, s, dst, o, n):
     dl = np.empty(8, np.float32)
     for b in range(n):
-        at, to = s + 210 * b, o + QK_K * b
-        d = load_f16(src, at + 208)
+        at, to = s + B.Q6_K_SIZE * b, o + QK_K * b
+        d = load_f16(src, at + B.Q6_K_D)
         for half in range(2):
             for i in range(8):
-                dl[i] = d * np.float32(np.int8(src[at + 192 + half * 8 + i]))
-            ql = src[at + half * 64:at + half * 64 + 64]  # low 4 bits of plane p: nibble p//2 of ql[(p%2)*32 + l]
-            qh = src[at + 128 + half * 32:at + 160 + half * 32]  # high 2 bits of plane p: bits 2p of qh[l]
+                dl[i] = d * np.float32(q6k_scale(src, at, half * 8 + i))
+            # plane p: low 4 bits in nibble p//2 of ql[(p%2)*32 + l], high 2 bits in bits 2p of qh[l]
+            ql = src[at + B.Q6_K_QL + half * 64:at + B.Q6_K_QL + half * 64 + 64]
+            qh = src[at + B.Q6_K_QH + half * 32:at + B.Q6_K_QH + 32 + half * 32]
             y = dst[to + half * 128:to + half * 128 + 128]
             for l in range(16):  # hot loop: 4 planes x 2 sub-blocks
                 for p in range(4):
@@ -247,11 +238,11 @@ def decode_q6_k(src, s, dst, o, n):  # ql[128], qh[64], scales[16] int8, d
 
 
 @_jit
-def decode_q8_k(src, s, dst, o, n):  # float32 d, qs[256] int8, bsums[16] int16 (unused here)
+def decode_q8_k(src, s, dst, o, n):  # bsums unused here
     for b in range(n):
-        at, to = s + 292 * b, o + QK_K * b
-        d = load_f32(src, at)
-        qs = src[at + 4:at + 4 + QK_K]
+        at, to = s + B.Q8_K_SIZE * b, o + QK_K * b
+        d = load_f32(src, at + B.Q8_K_D)
+        qs = src[at + B.Q8_K_QS:at + B.Q8_K_QS + QK_K]
         y = dst[to:to + QK_K]
         for j in range(QK_K):  # hot loop
             y[j] = d * np.float32(np.int8(qs[j]))
@@ -263,6 +254,7 @@ BLOCK_DECODERS = {
     GGMLType.Q5_1: decode_q5_1, GGMLType.Q8_0: decode_q8_0,
     GGMLType.Q2_K: decode_q2_k, GGMLType.Q3_K: decode_q3_k, GGMLType.Q4_K: decode_q4_k,
     GGMLType.Q5_K: decode_q5_k, GGMLType.Q6_K: decode_q6_k, GGMLType.Q8_K: decode_q8_k,
+    GGMLType.IQ4_NL: decode_iq4_nl,
 }
 
 _MIN_ELEMENTS_PER_THREAD = 1 << 16  # below this a thread costs more than it saves

@@ -1,4 +1,4 @@
-"""Bit-exact loads of fp16 / bf16 / fp32 values from raw little-endian bytes inside Numba kernels.
+"""fp16 / bf16 inside Numba kernels: bit-exact loads from raw little-endian bytes, and float32 -> half rounding.
 
 Numba has no float16 on the CPU, so half floats are decoded from their bits (subnormals, infinities
 and NaN payloads included) and reinterpreted with a bitcast intrinsic.
@@ -56,7 +56,51 @@ def load_bf16(src, i):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def load_u32(src, i):
+    """The little-endian uint32 at src[i:i+4], as int64."""
+    return np.int64(src[i]) | (np.int64(src[i + 1]) << 8) | (np.int64(src[i + 2]) << 16) | (np.int64(src[i + 3]) << 24)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def load_f32(src, i):
     """The float32 stored little-endian at src[i:i+4]."""
-    bits = np.int64(src[i]) | (np.int64(src[i + 1]) << 8) | (np.int64(src[i + 2]) << 16) | (np.int64(src[i + 3]) << 24)
-    return _bits_as_f32(np.uint32(bits))
+    return _bits_as_f32(np.uint32(load_u32(src, i)))
+
+
+@njit(cache=True, nogil=True)
+def float_to_half(f):
+    """float32 -> fp16 bit pattern, round to nearest even; NaN keeps its top payload bits (as numpy)."""
+    b = np.int64(np.float32(f).view(np.uint32))
+    sign = (b >> 16) & 0x8000
+    e = (b >> 23) & 0xFF
+    m = b & 0x7FFFFF
+    if e == 0xFF:  # inf / NaN
+        h = 0x7C00 | (m >> 13)
+        return sign | (h + 1 if m != 0 and h == 0x7C00 else h)
+    if e >= 143:  # |f| >= 65536
+        return sign | 0x7C00
+    if e >= 113:  # normal half; a carry out of the mantissa bumps the exponent (up to inf)
+        h = ((e - 112) << 10) | (m >> 13)
+        rest = m & 0x1FFF
+        if rest > 0x1000 or (rest == 0x1000 and (h & 1)):
+            h += 1
+        return sign | h
+    if e < 102:  # below half the smallest subnormal (2**-25): zero
+        return sign
+    mant = m | 0x800000  # subnormal half: value = mant * 2**(e - 150), unit 2**-24
+    shift = 126 - e
+    h = mant >> shift
+    rest = mant & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if rest > half or (rest == half and (h & 1)):
+        h += 1
+    return sign | h
+
+
+@njit(cache=True, nogil=True)
+def float_to_bf16(f):
+    """float32 -> bfloat16 bit pattern, round to nearest even; NaN forced quiet (ggml_compute_fp32_to_bf16)."""
+    n = np.int64(np.float32(f).view(np.uint32))
+    if (n & 0x7FFFFFFF) > 0x7F800000:
+        return ((n >> 16) & 0xFFFF) | 64
+    return (n + 0x7FFF + ((n >> 16) & 1)) >> 16

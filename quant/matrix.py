@@ -1,6 +1,6 @@
 """QMatrix: a (n_rows, n_cols) weight matrix stored as raw GGML blocks, computed on without unpacking it.
 
-Two kernel paths (docs in kernels_float.py / kernels_int.py):
+Two kernel paths (quant/kernels/: float_path.py, int_path.py):
   "float": weights decoded on the fly against float32 activations (exact up to float32 rounding);
   "int":   activations quantized to Q8_0/Q8_K and integer dots per block, as llama.cpp does.
 The float types (F32/F16/BF16) always use the float path. DEFAULT_PATH applies where none is given:
@@ -12,9 +12,10 @@ import os
 
 import numpy as np
 
-from . import kernels_float, kernels_int
+from .blocks import layout
 from .dequant import dequantize
-from .kernel_blocks import layout
+from .kernels import float_path as kernels_float
+from .kernels import int_path as kernels_int
 from .types import GGMLType, QuantTypeError, row_bytes, type_info
 
 PATHS = ("float", "int")

@@ -1,11 +1,14 @@
 """Quantize float32 rows to raw GGML blocks with Numba: every storage type, one parallel driver.
 
-Row quantizers share one signature, `quantize_row_xxx(x, y)`: x float32 (n_cols,), y uint8 (row_bytes,).
-Other kernels reuse them (`quantize_row_q8_0` / `quantize_row_q8_k` quantize matvec activations).
+Row quantizers share one signature, `quantize_row_xxx(x, y)`: x float32 (n_cols,), y uint8 (row_bytes,); block
+layouts come from quant.blocks. The Q8 block quantizers (`q8_0_block`, `q8_k_block`) also quantize the integer
+kernels' activations (quant.activation).
 
 - F16, BF16 and the 32-blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) round exactly like `gguf.quants`: every
   multiply and add is a separate float32 operation (no fused multiply-add), fp16 rounds to nearest even,
   so the bytes are equal. ggml built with FMA contraction can differ from both in Q4_0/Q5_0 (see tests).
+- IQ4_NL follows ggml's `quantize_iq4_nl` (no importance matrix): per block, 15 trial scales around
+  max / 127 fitted by x^2-weighted least squares onto the nearest of the 16 non-linear levels.
 - The K-quants follow ggml's reference quantizers `quantize_row_q{2,3,4,5,6}_K_ref`: a weighted
   least-squares search for each sub-block's scale (and min), the sub-block scales quantized to 4/6/8 bits
   under an fp16 super-block scale, then every value re-quantized against the scales as stored.
@@ -14,7 +17,9 @@ Other kernels reuse them (`quantize_row_q8_0` / `quantize_row_q8_k` quantize mat
 import numpy as np
 from numba import njit, prange
 
-from .fp16 import half_to_float
+from . import blocks as B
+from .blocks import KVALUES_IQ4NL, QK
+from .fp16 import float_to_bf16, float_to_half, half_to_float
 from .types import QK_K, GGMLType, QuantTypeError, row_bytes, type_info
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising (all are guarded anyway)
@@ -24,45 +29,6 @@ GROUP_MAX_EPS = np.float32(1e-15)  # ggml: a sub-block with |x| below this is al
 
 
 # ---- scalar helpers ----
-
-@_jit
-def float_to_half(f):
-    """float32 -> fp16 bit pattern, round to nearest even; NaN keeps its top payload bits (as numpy)."""
-    b = np.int64(np.float32(f).view(np.uint32))
-    sign = (b >> 16) & 0x8000
-    e = (b >> 23) & 0xFF
-    m = b & 0x7FFFFF
-    if e == 0xFF:  # inf / NaN
-        h = 0x7C00 | (m >> 13)
-        return sign | (h + 1 if m != 0 and h == 0x7C00 else h)
-    if e >= 143:  # |f| >= 65536
-        return sign | 0x7C00
-    if e >= 113:  # normal half; a carry out of the mantissa bumps the exponent (up to inf)
-        h = ((e - 112) << 10) | (m >> 13)
-        rest = m & 0x1FFF
-        if rest > 0x1000 or (rest == 0x1000 and (h & 1)):
-            h += 1
-        return sign | h
-    if e < 102:  # below half the smallest subnormal (2**-25): zero
-        return sign
-    mant = m | 0x800000  # subnormal half: value = mant * 2**(e - 150), unit 2**-24
-    shift = 126 - e
-    h = mant >> shift
-    rest = mant & ((1 << shift) - 1)
-    half = 1 << (shift - 1)
-    if rest > half or (rest == half and (h & 1)):
-        h += 1
-    return sign | h
-
-
-@_jit
-def float_to_bf16(f):
-    """float32 -> bfloat16 bit pattern, round to nearest even; NaN forced quiet (ggml_compute_fp32_to_bf16)."""
-    n = np.int64(np.float32(f).view(np.uint32))
-    if (n & 0x7FFFFFFF) > 0x7F800000:
-        return ((n >> 16) & 0xFFFF) | 64
-    return (n + 0x7FFF + ((n >> 16) & 1)) >> 16
-
 
 @_jit
 def _put_u16(y, o, v):
@@ -79,14 +45,14 @@ def _put_f16(y, o, f):
 
 
 @_jit
-def _nearest_int(f):
+def nearest_int(f):
     """ggml's nearest_int: float32 to the nearest integer, ties to even (|f| < 2**22), via the 1.5*2**23 trick."""
     bits = np.int64(np.float32(np.float32(f) + np.float32(12582912.0)).view(np.uint32))
     return (bits & 0x7FFFFF) - 0x400000
 
 
 @_jit
-def _roundf(v):
+def roundf(v):
     """C roundf: nearest integer, halves away from zero (v - trunc(v) is exact in float32)."""
     r = int(v)
     frac = v - np.float32(r)
@@ -98,7 +64,7 @@ def _roundf(v):
 
 
 @_jit
-def _absmax_signed(x):
+def absmax_signed(x):
     """The element of x with the largest magnitude, the first on ties (as numpy argmax and ggml pick it)."""
     amax = abs(x[0])
     mx = x[0]
@@ -128,7 +94,7 @@ def quantize_row_bf16(x, y):
 @_jit
 def _quants_sym(x, q, half):
     """Q4_0/Q5_0 codes q in [0, 2*half) of one block: d = max/-half, q = trunc(x/d + half + 0.5). Returns d."""
-    d = _absmax_signed(x) / _f32(-half)
+    d = absmax_signed(x) / _f32(-half)
     inv = _f32(1.0) / d if d != 0 else _f32(0.0)
     bias = _f32(half + 0.5)
     for j in range(32):
@@ -152,77 +118,125 @@ def _quants_asym(x, q, nmax):
 
 
 @_jit
-def _pack_nibbles(q, y, o):
-    """y[o+j] = low 4 bits of q[j] | low 4 bits of q[j+16] << 4 (the 32-block nibble layout)."""
-    for j in range(16):
-        y[o + j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)
-
-
-@_jit
-def _pack_qh32(q, y, o):
-    """Bit 4 of q[j] as bit j of the little-endian uint32 at y[o:o+4] (Q5_0/Q5_1)."""
-    for k in range(4):
-        byte = 0
-        for i in range(8):
-            byte |= ((q[8 * k + i] >> 4) & 1) << i
-        y[o + k] = byte
-
-
-@_jit
 def quantize_row_q4_0(x, y):
     q = np.empty(32, np.int32)
     for b in range(x.size // 32):
-        xb, yb = x[32 * b:32 * b + 32], y[18 * b:18 * b + 18]
+        xb, yb = x[QK * b:QK * b + QK], y[B.Q4_0_SIZE * b:B.Q4_0_SIZE * (b + 1)]
         _put_f16(yb, 0, _quants_sym(xb, q, 8))
-        _pack_nibbles(q, yb, 2)
+        B.pack_nibbles(q, yb, B.Q4_0_QS)
 
 
 @_jit
 def quantize_row_q5_0(x, y):
     q = np.empty(32, np.int32)
     for b in range(x.size // 32):
-        xb, yb = x[32 * b:32 * b + 32], y[22 * b:22 * b + 22]
+        xb, yb = x[QK * b:QK * b + QK], y[B.Q5_0_SIZE * b:B.Q5_0_SIZE * (b + 1)]
         _put_f16(yb, 0, _quants_sym(xb, q, 16))
-        _pack_qh32(q, yb, 2)
-        _pack_nibbles(q, yb, 6)
+        B.pack_qh32(q, yb, B.Q5_0_QH)
+        B.pack_nibbles(q, yb, B.Q5_0_QS)
 
 
 @_jit
 def quantize_row_q4_1(x, y):
     q = np.empty(32, np.int32)
     for b in range(x.size // 32):
-        xb, yb = x[32 * b:32 * b + 32], y[20 * b:20 * b + 20]
+        xb, yb = x[QK * b:QK * b + QK], y[B.Q4_1_SIZE * b:B.Q4_1_SIZE * (b + 1)]
         d, mn = _quants_asym(xb, q, 15)
         _put_f16(yb, 0, d)
-        _put_f16(yb, 2, mn)
-        _pack_nibbles(q, yb, 4)
+        _put_f16(yb, B.Q4_1_M, mn)
+        B.pack_nibbles(q, yb, B.Q4_1_QS)
 
 
 @_jit
 def quantize_row_q5_1(x, y):
     q = np.empty(32, np.int32)
     for b in range(x.size // 32):
-        xb, yb = x[32 * b:32 * b + 32], y[24 * b:24 * b + 24]
+        xb, yb = x[QK * b:QK * b + QK], y[B.Q5_1_SIZE * b:B.Q5_1_SIZE * (b + 1)]
         d, mn = _quants_asym(xb, q, 31)
         _put_f16(yb, 0, d)
-        _put_f16(yb, 2, mn)
-        _pack_qh32(q, yb, 4)
-        _pack_nibbles(q, yb, 8)
+        _put_f16(yb, B.Q5_1_M, mn)
+        B.pack_qh32(q, yb, B.Q5_1_QH)
+        B.pack_nibbles(q, yb, B.Q5_1_QS)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def q8_0_block(xb, q):
+    """ggml's quantize_row_q8_0_ref for one block: q (32,) int8 = roundf(x / d), d = amax / 127; returns d as
+    float32 (stored as fp16 by the caller). Also the integer kernels' activation format."""
+    amax = _f32(0.0)
+    for v in xb:
+        amax = max(amax, abs(v))
+    d = amax / _f32(127.0)
+    inv = _f32(1.0) / d if d != 0 else _f32(0.0)
+    for j in range(QK):
+        q[j] = roundf(xb[j] * inv)
+    return d
 
 
 @_jit
 def quantize_row_q8_0(x, y):
-    """Q8_0 (ggml quantize_row_q8_0_ref): d = amax/127 (fp16), qs = roundf(x/d). Also the activation format."""
-    for b in range(x.size // 32):
-        xb, yb = x[32 * b:32 * b + 32], y[34 * b:34 * b + 34]
-        amax = _f32(0.0)
-        for v in xb:
-            amax = max(amax, abs(v))
-        d = amax / _f32(127.0)
-        inv = _f32(1.0) / d if d != 0 else _f32(0.0)
+    for b in range(x.size // QK):
+        yb = y[B.Q8_0_SIZE * b:B.Q8_0_SIZE * (b + 1)]
+        d = q8_0_block(x[QK * b:QK * b + QK], yb[B.Q8_0_QS:B.Q8_0_QS + QK].view(np.int8))
         _put_f16(yb, 0, d)
-        for j in range(32):
-            yb[2 + j] = _roundf(xb[j] * inv) & 0xFF
+
+
+# ---- IQ4_NL (ggml-quants.c: quantize_row_iq4_nl_impl with super_block_size = block_size = 32, ntry = 7) ----
+
+@_jit
+def _best_index_iq4nl(x):
+    """Index of the level of KVALUES_IQ4NL nearest to x (ggml's best_index_int8: bisection, ties to the upper)."""
+    if x <= KVALUES_IQ4NL[0]:
+        return 0
+    if x >= KVALUES_IQ4NL[15]:
+        return 15
+    lo, hi = 0, 15
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if x < KVALUES_IQ4NL[mid]:
+            hi = mid
+        else:
+            lo = mid
+    return lo if x - _f32(KVALUES_IQ4NL[lo]) < _f32(KVALUES_IQ4NL[hi]) - x else hi
+
+
+@_jit
+def _iq4nl_fit(xb, w, iscale):
+    """x^2-weighted sums (sum w q x, sum w q^2) with q the level nearest to iscale * x."""
+    sumqx = _f32(0.0)
+    sumq2 = _f32(0.0)
+    for j in range(QK):
+        q = _f32(KVALUES_IQ4NL[_best_index_iq4nl(iscale * xb[j])])
+        sumqx += w[j] * q * xb[j]
+        sumq2 += w[j] * q * q
+    return sumqx, sumq2
+
+
+@_jit
+def quantize_row_iq4_nl(x, y):
+    ntry = 7
+    w, L = np.empty(QK, np.float32), np.empty(QK, np.int32)
+    for b in range(x.size // QK):
+        xb, yb = x[QK * b:QK * b + QK], y[B.IQ4_NL_SIZE * b:B.IQ4_NL_SIZE * (b + 1)]
+        for j in range(QK):
+            w[j] = xb[j] * xb[j]
+        mx = absmax_signed(xb)
+        d = _f32(0.0)
+        if abs(mx) >= GROUP_MAX_EPS:
+            d = -mx / _f32(KVALUES_IQ4NL[0])
+            sumqx, sumq2 = _iq4nl_fit(xb, w, _f32(1.0) / d)
+            d = sumqx / sumq2
+            best = d * sumqx
+            for itry in range(-ntry, ntry + 1):
+                sumqx, sumq2 = _iq4nl_fit(xb, w, _f32(itry + KVALUES_IQ4NL[0]) / mx)
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    d = sumqx / sumq2
+                    best = d * sumqx
+        _put_f16(yb, 0, d)  # ggml stores the float32 scale and picks the codes against it (not its fp16)
+        inv = _f32(1.0) / d if d != 0 else _f32(0.0)
+        for j in range(QK):
+            L[j] = _best_index_iq4nl(inv * xb[j])
+        B.pack_nibbles(L, yb, B.IQ4_NL_QS)
 
 
 # ---- K-quant helpers (ggml-quants.c: make_qx_quants, make_q3_quants, make_qkx2_quants) ----
@@ -233,7 +247,7 @@ def _qx_sums(x, iscale, nmax, L, write):
     sumlx = _f32(0.0)
     suml2 = _f32(0.0)
     for i in range(x.size):
-        l = max(-nmax, min(nmax - 1, _nearest_int(iscale * x[i])))
+        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
         if write:
             L[i] = l + nmax
         w = x[i] * x[i]
@@ -246,7 +260,7 @@ def _qx_sums(x, iscale, nmax, L, write):
 @_jit
 def _make_qx_quants(x, nmax, L):
     """Symmetric scale for codes L in [0, 2*nmax): try 19 scales near max/-nmax, keep the best weighted fit."""
-    mx = _absmax_signed(x)
+    mx = absmax_signed(x)
     if abs(mx) < GROUP_MAX_EPS:
         L[:] = 0
         return _f32(0.0)
@@ -269,7 +283,7 @@ def _make_qx_quants(x, nmax, L):
 def _make_q3_quants(x, nmax, L):
     """Symmetric scale for codes L in [0, 2*nmax): round at max/-nmax, then up to 5 passes of
     per-element code changes that improve the x^2-weighted least-squares fit."""
-    mx = _absmax_signed(x)
+    mx = absmax_signed(x)
     if abs(mx) < GROUP_MAX_EPS:
         L[:] = 0
         return _f32(0.0)
@@ -277,7 +291,7 @@ def _make_q3_quants(x, nmax, L):
     sumlx = _f32(0.0)
     suml2 = _f32(0.0)
     for i in range(x.size):
-        l = max(-nmax, min(nmax - 1, _nearest_int(iscale * x[i])))
+        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
         L[i] = l
         w = x[i] * x[i]
         sumlx += w * x[i] * _f32(l)
@@ -290,7 +304,7 @@ def _make_q3_quants(x, nmax, L):
             slx = sumlx - w * x[i] * li
             if slx > 0:
                 sl2 = suml2 - w * li * li
-                new_l = max(-nmax, min(nmax - 1, _nearest_int(x[i] * sl2 / slx)))
+                new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
                 if new_l != L[i]:
                     slx += w * x[i] * _f32(new_l)
                     sl2 += w * _f32(new_l) * _f32(new_l)
@@ -313,7 +327,7 @@ def _affine_codes(x, w, iscale, mn, nmax, L):
     sum_l2 = _f32(0.0)
     sum_xl = _f32(0.0)
     for i in range(x.size):
-        l = max(0, min(nmax, _nearest_int(iscale * (x[i] - mn))))
+        l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
         L[i] = l
         fl = _f32(l)
         sum_l += w[i] * fl
@@ -376,14 +390,14 @@ def _make_qkx2_quants(x, w, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
 def _requant_affine(x, d, dm, nmax, L):
     """L = clamp(round((x + dm)/d), 0, nmax): the codes against the sub-block scale/min as stored."""
     for i in range(x.size):
-        L[i] = max(0, min(nmax, _nearest_int((x[i] + dm) / d)))
+        L[i] = max(0, min(nmax, nearest_int((x[i] + dm) / d)))
 
 
 @_jit
 def _requant_sym(x, d, nmax, L):
     """L = clamp(round(x/d), -nmax, nmax-1) + nmax."""
     for i in range(x.size):
-        L[i] = max(-nmax, min(nmax - 1, _nearest_int(x[i] / d))) + nmax
+        L[i] = max(-nmax, min(nmax - 1, nearest_int(x[i] / d))) + nmax
 
 
 @_jit
@@ -398,7 +412,6 @@ def _pack_2bit(L, y, o):
 
 @_jit
 def _block_q2_k(x, y, L, Laux, w, scales, mins):
-    """Block layout: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin."""
     max_scale = _f32(0.0)
     max_min = _f32(0.0)
     for j in range(16):
@@ -408,31 +421,32 @@ def _block_q2_k(x, y, L, Laux, w, scales, mins):
         scales[j], mins[j] = _make_qkx2_quants(xs, w, 3, L[16 * j:16 * j + 16], Laux, -0.5, 0.1, 15, True)
         max_scale = max(max_scale, scales[j])
         max_min = max(max_min, mins[j])
-    y[0:16] = 0
+    sc = y[B.Q2_K_SCALES:B.Q2_K_SCALES + 16]
+    sc[:] = 0
     d = _f32(0.0)
     dmin = _f32(0.0)
     if max_scale > 0:
         iscale = _f32(15.0) / max_scale
         for j in range(16):
-            y[j] = _nearest_int(iscale * scales[j]) & 0xFF
+            sc[j] = nearest_int(iscale * scales[j]) & 0xFF
         d = max_scale / _f32(15.0)
     if max_min > 0:
         iscale = _f32(15.0) / max_min
         for j in range(16):
-            y[j] |= (_nearest_int(iscale * mins[j]) << 4) & 0xFF
+            sc[j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
         dmin = max_min / _f32(15.0)
-    d = _put_f16(y, 80, d)
-    dmin = _put_f16(y, 82, dmin)
+    d = _put_f16(y, B.Q2_K_D, d)
+    dmin = _put_f16(y, B.Q2_K_DMIN, dmin)
     for j in range(16):
-        dl = d * _f32(y[j] & 0xF)
+        s, m = B.q2k_scale_min(y, 0, j)
+        dl = d * _f32(s)
         if dl != 0:
-            _requant_affine(x[16 * j:16 * j + 16], dl, dmin * _f32(y[j] >> 4), 3, L[16 * j:16 * j + 16])
-    _pack_2bit(L, y, 16)
+            _requant_affine(x[16 * j:16 * j + 16], dl, dmin * _f32(m), 3, L[16 * j:16 * j + 16])
+    _pack_2bit(L, y, B.Q2_K_QS)
 
 
 @_jit
-def _block_q3_k(x, y, L, scales):
-    """Block layout: hmask[32] (bit 2 of each code), qs[64] (low 2 bits), scales[12] (16 x 6-bit, +32), d."""
+def _block_q3_k(x, y, L, Ls, scales):  # hmask: bit 2 of each code, qs: its low 2 bits
     max_scale = _f32(0.0)
     amax = _f32(0.0)
     for j in range(16):
@@ -440,38 +454,35 @@ def _block_q3_k(x, y, L, scales):
         if abs(scales[j]) > amax:
             amax = abs(scales[j])
             max_scale = scales[j]
-    sc = y[96:108]
-    sc[:] = 0
+    Ls[:] = 32  # biased: scale 0
     d = _f32(0.0)
     if max_scale != 0:
         iscale = _f32(-32.0) / max_scale
         for j in range(16):
-            l = max(-32, min(31, _nearest_int(iscale * scales[j]))) + 32
-            if j < 8:
-                sc[j] = l & 0xF
-            else:
-                sc[j - 8] |= (l & 0xF) << 4
-            sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
+            Ls[j] = max(-32, min(31, nearest_int(iscale * scales[j]))) + 32
         d = _f32(1.0) / iscale
-    d = _put_f16(y, 108, d)
+    if max_scale != 0:
+        B.pack_q3k_scales(Ls, y, B.Q3_K_SCALES)
+    else:
+        y[B.Q3_K_SCALES:B.Q3_K_SCALES + 12] = 0
+    d = _put_f16(y, B.Q3_K_D, d)
     for j in range(16):
-        lo = np.int64(sc[j] & 0xF) if j < 8 else np.int64(sc[j - 8] >> 4)
-        s = (lo | (((sc[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
-        dl = d * _f32(s)
+        dl = d * _f32(B.q3k_scale(y, B.Q3_K_SCALES, j))
         if dl != 0:
             _requant_sym(x[16 * j:16 * j + 16], dl, 4, L[16 * j:16 * j + 16])
-    y[0:32] = 0
+    hmask = y[B.Q3_K_HMASK:B.Q3_K_HMASK + 32]
+    hmask[:] = 0
     for j in range(QK_K):  # the high bit of value j goes to hmask[j % 32], bit j // 32
         if L[j] > 3:
-            y[j % 32] |= 1 << (j // 32)
+            hmask[j % 32] |= 1 << (j // 32)
             L[j] -= 4
-    _pack_2bit(L, y, 32)
+    _pack_2bit(L, y, B.Q3_K_QS)
 
 
 @_jit
 def _block_q45_k(x, y, nmax, rmin, nstep, L, Laux, w, scales, mins, Ls, Lm):
     """Q4_K (nmax 15) / Q5_K (nmax 31) scales and codes L: writes d, dmin and the 12 packed 6-bit
-    scales/mins (y[0:16]); the caller packs L."""
+    scales/mins; the caller packs L."""
     max_scale = _f32(0.0)
     max_min = _f32(0.0)
     for j in range(8):
@@ -488,15 +499,11 @@ def _block_q45_k(x, y, nmax, rmin, nstep, L, Laux, w, scales, mins, Ls, Lm):
     inv_scale = _f32(63.0) / max_scale if max_scale > 0 else _f32(0.0)
     inv_min = _f32(63.0) / max_min if max_min > 0 else _f32(0.0)
     for j in range(8):
-        Ls[j] = min(63, _nearest_int(inv_scale * scales[j]) & 0xFF)
-        Lm[j] = min(63, _nearest_int(inv_min * mins[j]) & 0xFF)
-    sc = y[4:16]  # 0-3: scale j | (scale j+4 >> 4) << 6; 4-7: min j | (min j+4 >> 4) << 6; 8-11: low nibbles of j+4
-    for j in range(4):
-        sc[j] = Ls[j] | ((Ls[j + 4] >> 4) << 6)
-        sc[j + 4] = Lm[j] | ((Lm[j + 4] >> 4) << 6)
-        sc[j + 8] = (Ls[j + 4] & 0xF) | ((Lm[j + 4] & 0xF) << 4)
-    d = _put_f16(y, 0, max_scale / _f32(63.0))
-    dmin = _put_f16(y, 2, max_min / _f32(63.0))
+        Ls[j] = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)
+        Lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+    B.pack_scale_min_k4(Ls, Lm, y, B.Q4_K_SCALES)
+    d = _put_f16(y, B.Q4_K_D, max_scale / _f32(63.0))
+    dmin = _put_f16(y, B.Q4_K_DMIN, max_min / _f32(63.0))
     for j in range(8):
         dl = d * _f32(Ls[j])
         if dl != 0:
@@ -504,8 +511,7 @@ def _block_q45_k(x, y, nmax, rmin, nstep, L, Laux, w, scales, mins, Ls, Lm):
 
 
 @_jit
-def _block_q6_k(x, y, L, scales):
-    """Block layout: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] int8, d."""
+def _block_q6_k(x, y, L, scales):  # ql: low 4 bits of each code, qh: its high 2 bits
     max_scale = _f32(0.0)
     max_abs = _f32(0.0)
     for j in range(16):
@@ -517,16 +523,16 @@ def _block_q6_k(x, y, L, scales):
         y[:] = 0
         return
     iscale = _f32(-128.0) / max_scale
-    d = _put_f16(y, 208, _f32(1.0) / iscale)
+    d = _put_f16(y, B.Q6_K_D, _f32(1.0) / iscale)
     for j in range(16):
-        s = min(127, _nearest_int(iscale * scales[j]))
-        y[192 + j] = s & 0xFF
+        s = min(127, nearest_int(iscale * scales[j]))
+        y[B.Q6_K_SCALES + j] = s & 0xFF
         dl = d * _f32(s)
         if dl != 0:
             _requant_sym(x[16 * j:16 * j + 16], dl, 32, L[16 * j:16 * j + 16])
     for j in range(0, QK_K, 128):  # per 128 values: ql 64 bytes, qh 32 bytes
-        ql = y[j // 2:j // 2 + 64]
-        qh = y[128 + j // 4:128 + j // 4 + 32]
+        ql = y[B.Q6_K_QL + j // 2:B.Q6_K_QL + j // 2 + 64]
+        qh = y[B.Q6_K_QH + j // 4:B.Q6_K_QH + j // 4 + 32]
         for l in range(32):
             a, b, c, e = L[j + l], L[j + l + 32], L[j + l + 64], L[j + l + 96]
             ql[l] = (a & 0xF) | ((c & 0xF) << 4)
@@ -541,14 +547,14 @@ def quantize_row_q2_k(x, y):
     L, Laux, w = np.empty(QK_K, np.int32), np.empty(16, np.int32), np.empty(16, np.float32)
     scales, mins = np.empty(16, np.float32), np.empty(16, np.float32)
     for b in range(x.size // QK_K):
-        _block_q2_k(x[QK_K * b:QK_K * (b + 1)], y[84 * b:84 * (b + 1)], L, Laux, w, scales, mins)
+        _block_q2_k(x[QK_K * b:QK_K * (b + 1)], y[B.Q2_K_SIZE * b:B.Q2_K_SIZE * (b + 1)], L, Laux, w, scales, mins)
 
 
 @_jit
 def quantize_row_q3_k(x, y):
-    L, scales = np.empty(QK_K, np.int32), np.empty(16, np.float32)
+    L, Ls, scales = np.empty(QK_K, np.int32), np.empty(16, np.int32), np.empty(16, np.float32)
     for b in range(x.size // QK_K):
-        _block_q3_k(x[QK_K * b:QK_K * (b + 1)], y[110 * b:110 * (b + 1)], L, scales)
+        _block_q3_k(x[QK_K * b:QK_K * (b + 1)], y[B.Q3_K_SIZE * b:B.Q3_K_SIZE * (b + 1)], L, Ls, scales)
 
 
 @_jit
@@ -562,88 +568,98 @@ def _quantize_row_q45_k(x, y, nmax, rmin, nstep, type_size):
         if nmax == 15:  # Q4_K: qs[128], per 64 values: byte l = L[l] | L[l+32] << 4
             for j in range(0, QK_K, 64):
                 for l in range(32):
-                    yb[16 + j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
+                    yb[B.Q4_K_QS + j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
         else:  # Q5_K: qh[32] holds bit 4 (values 64k+l -> bit 2k, 64k+32+l -> bit 2k+1), then qs[128] as Q4_K
-            yb[16:48] = 0
+            qh = yb[B.Q5_K_QH:B.Q5_K_QH + 32]
+            qh[:] = 0
             for j in range(0, QK_K, 64):
                 for l in range(32):
                     a, b2 = L[j + l], L[j + l + 32]
-                    yb[16 + l] |= ((a >> 4) << (j // 32)) | ((b2 >> 4) << (j // 32 + 1))
-                    yb[48 + j // 2 + l] = (a & 0xF) | ((b2 & 0xF) << 4)
+                    qh[l] |= ((a >> 4) << (j // 32)) | ((b2 >> 4) << (j // 32 + 1))
+                    yb[B.Q5_K_QS + j // 2 + l] = (a & 0xF) | ((b2 & 0xF) << 4)
 
 
 @_jit
 def quantize_row_q4_k(x, y):
-    _quantize_row_q45_k(x, y, 15, -1.0, 20, 144)
+    _quantize_row_q45_k(x, y, 15, -1.0, 20, B.Q4_K_SIZE)
 
 
 @_jit
 def quantize_row_q5_k(x, y):
-    _quantize_row_q45_k(x, y, 31, -0.5, 15, 176)
+    _quantize_row_q45_k(x, y, 31, -0.5, 15, B.Q5_K_SIZE)
 
 
 @_jit
 def quantize_row_q6_k(x, y):
     L, scales = np.empty(QK_K, np.int32), np.empty(16, np.float32)
     for b in range(x.size // QK_K):
-        _block_q6_k(x[QK_K * b:QK_K * (b + 1)], y[210 * b:210 * (b + 1)], L, scales)
+        _block_q6_k(x[QK_K * b:QK_K * (b + 1)], y[B.Q6_K_SIZE * b:B.Q6_K_SIZE * (b + 1)], L, scales)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def q8_k_block(xb, q):
+    """ggml's quantize_row_q8_K_ref for one block: q (256,) int8 = round(x / d) (ties to even, at most 127) with
+    float32 d = max / -127 (the signed extreme maps to -127); returns d. The K-quants' activation format."""
+    mx = absmax_signed(xb)
+    if mx == 0:
+        q[:] = 0
+        return _f32(0.0)
+    iscale = _f32(-127.0) / mx
+    for j in range(QK_K):
+        q[j] = min(127, nearest_int(iscale * xb[j]))
+    return _f32(1.0) / iscale
 
 
 @_jit
-def quantize_row_q8_k(x, y):
-    """Q8_K (ggml quantize_row_q8_K_ref), the K-quant activation format: float32 d = max/-127,
-    qs[256] int8 = round(x/d) (ties to even, at most 127), int16 bsums[16] = sums of 16 qs."""
+def quantize_row_q8_k(x, y):  # also int16 bsums[16]: sums of 16 qs
     for b in range(x.size // QK_K):
-        xb, yb = x[QK_K * b:QK_K * (b + 1)], y[292 * b:292 * (b + 1)]
-        mx = _absmax_signed(xb)
-        iscale = _f32(-127.0) / mx if mx != 0 else _f32(0.0)
-        for j in range(QK_K):
-            yb[4 + j] = min(127, _nearest_int(iscale * xb[j])) & 0xFF
+        yb = y[B.Q8_K_SIZE * b:B.Q8_K_SIZE * (b + 1)]
+        qs = yb[B.Q8_K_QS:B.Q8_K_QS + QK_K].view(np.int8)
+        d = q8_k_block(x[QK_K * b:QK_K * (b + 1)], qs)
         for g in range(16):
-            s = 0
-            for j in range(16):
-                s += np.int8(yb[4 + 16 * g + j])
-            _put_u16(yb, 260 + 2 * g, s & 0xFFFF)
-        bits = np.int64(np.float32(_f32(1.0) / iscale if mx != 0 else _f32(0.0)).view(np.uint32))
-        _put_u16(yb, 0, bits & 0xFFFF)
-        _put_u16(yb, 2, bits >> 16)
+            total = 0
+            for j in range(16 * g, 16 * g + 16):
+                total += qs[j]
+            _put_u16(yb, B.Q8_K_BSUMS + 2 * g, total & 0xFFFF)
+        bits = np.int64(np.float32(d).view(np.uint32))
+        _put_u16(yb, B.Q8_K_D, bits & 0xFFFF)
+        _put_u16(yb, B.Q8_K_D + 2, bits >> 16)
 
 
 # ---- driver ----
 
-_F16, _BF16 = int(GGMLType.F16), int(GGMLType.BF16)
-_Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0 = (int(GGMLType[t]) for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"))
-_Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K, _Q8_K = (int(GGMLType[t]) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"))
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
 @_jit
 def _quantize_row(x, y, code):
-    if code == _F16:
+    if code == GGMLType.F16:
         quantize_row_f16(x, y)
-    elif code == _BF16:
+    elif code == GGMLType.BF16:
         quantize_row_bf16(x, y)
-    elif code == _Q4_0:
+    elif code == GGMLType.Q4_0:
         quantize_row_q4_0(x, y)
-    elif code == _Q4_1:
+    elif code == GGMLType.Q4_1:
         quantize_row_q4_1(x, y)
-    elif code == _Q5_0:
+    elif code == GGMLType.Q5_0:
         quantize_row_q5_0(x, y)
-    elif code == _Q5_1:
+    elif code == GGMLType.Q5_1:
         quantize_row_q5_1(x, y)
-    elif code == _Q8_0:
+    elif code == GGMLType.Q8_0:
         quantize_row_q8_0(x, y)
-    elif code == _Q2_K:
+    elif code == GGMLType.IQ4_NL:
+        quantize_row_iq4_nl(x, y)
+    elif code == GGMLType.Q2_K:
         quantize_row_q2_k(x, y)
-    elif code == _Q3_K:
+    elif code == GGMLType.Q3_K:
         quantize_row_q3_k(x, y)
-    elif code == _Q4_K:
+    elif code == GGMLType.Q4_K:
         quantize_row_q4_k(x, y)
-    elif code == _Q5_K:
+    elif code == GGMLType.Q5_K:
         quantize_row_q5_k(x, y)
-    elif code == _Q6_K:
+    elif code == GGMLType.Q6_K:
         quantize_row_q6_k(x, y)
-    elif code == _Q8_K:
+    elif code == GGMLType.Q8_K:
         quantize_row_q8_k(x, y)
 
 

@@ -18,6 +18,7 @@ class GGMLType(IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ4_NL = 20
     BF16 = 30
 
 
@@ -55,6 +56,7 @@ TYPES = {
         TypeInfo(GGMLType.Q5_K, QK_K, 176),
         TypeInfo(GGMLType.Q6_K, QK_K, 210),
         TypeInfo(GGMLType.Q8_K, QK_K, 292),
+        TypeInfo(GGMLType.IQ4_NL, 32, 18),
     ]
 }
 

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoTokenizer
 
 from runtime.convert import ConvertError, convert
+from runtime.convert.plan import TypeChooser, scheme
 from runtime.convert.vocab import vocab_metadata
 from runtime.errors import UnsupportedError
 from runtime.gguf import GGUFFile
@@ -63,6 +64,34 @@ def test_logits_match_transformers(checkpoints, tmp_path, kind, fmt, outtype, mi
     assert result.path == out and out.is_file() and not list(tmp_path.glob(".*partial"))
     tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)
     assert_logits_match(llamba_logits(out, tokens), transformers_logits(model, tokens), min_corr, f"{kind} {outtype}")
+
+
+def test_iq4_nl_outtype(checkpoints, tmp_path):
+    """--outtype iq4_nl (llama.cpp's LLAMA_FTYPE_MOSTLY_IQ4_NL, 25): IQ4_NL weights, Q6_K output, and logits as
+    close to transformers' as q4_0's (tests/test_interop.py checks the plan against llama.cpp's own file)."""
+    d, model = checkpoints("llama", "safetensors")
+    out = tmp_path / "m.gguf"
+    convert(d, out, "iq4_nl", progress=False, log=lambda s: None)
+    with GGUFFile(out) as g:
+        assert g.metadata["general.file_type"] == 25
+        types = {n: t.qtype.name for n, t in g.tensors.items()}
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == "IQ4_NL" and types["output.weight"] == "Q6_K"
+    tokens = np.random.default_rng(7).integers(0, model.config.vocab_size, N_TOKENS)
+    assert_logits_match(llamba_logits(out, tokens), transformers_logits(model, tokens), FOUR_BIT["llama"], "iq4_nl")
+
+
+def test_iq4_nl_mix_rules():
+    """llama_tensor_get_type for IQ4_NL without an importance matrix: Q5_K attn_v when n_head / n_head_kv >= 4,
+    Q5_K ffn_down in the first n_layer / 8 layers; and (every mix) Q2_K / Q3_K rows not a multiple of 256 fall back
+    to IQ4_NL."""
+    c = TypeChooser(scheme("iq4_nl"), 16, True, n_gqa=4)
+    assert c.choose("blk.0.attn_v.weight", (512, 1024))[0].name == "Q5_K"
+    assert [c.choose(f"blk.{i}.ffn_down.weight", (1024, 2816))[0].name for i in range(3)] == ["Q5_K", "Q5_K", "IQ4_NL"]
+    assert c.choose("blk.0.attn_q.weight", (1024, 1024))[0].name == "IQ4_NL"
+    mha = TypeChooser(scheme("iq4_nl"), 16, True, n_gqa=2)
+    assert mha.choose("blk.0.attn_v.weight", (512, 1024))[0].name == "IQ4_NL"
+    fallback, note = TypeChooser(scheme("q2_k"), 2, True).choose("blk.0.attn_q.weight", (96, 96))
+    assert fallback.name == "IQ4_NL" and "Q2_K -> IQ4_NL" in note
 
 
 def test_metadata_and_types(checkpoints, tmp_path):

@@ -25,7 +25,7 @@ Q8_TOL = 1e-2
 # byte offsets of the fp16 scale fields (d, m, dmin) in each block, given sane values in random blocks
 F16_FIELDS = {GGMLType.Q4_0: [0], GGMLType.Q4_1: [0, 2], GGMLType.Q5_0: [0], GGMLType.Q5_1: [0, 2],
               GGMLType.Q8_0: [0], GGMLType.Q2_K: [80, 82], GGMLType.Q3_K: [108], GGMLType.Q4_K: [0, 2],
-              GGMLType.Q5_K: [0, 2], GGMLType.Q6_K: [208]}
+              GGMLType.Q5_K: [0, 2], GGMLType.Q6_K: [208], GGMLType.IQ4_NL: [0]}
 
 
 def random_raw(rng, qtype, n_rows, n_cols) -> np.ndarray:

@@ -1,5 +1,6 @@
 """quant.quantize against the gguf package: equal bytes for F16/BF16 and the 32-blocks, round-trip error
-through gguf.quants.dequantize (the decoding oracle) for the K-quants, on synthetic and real-model weights."""
+through gguf.quants.dequantize (the decoding oracle) for the K-quants and IQ4_NL (gguf has no quantizer for
+them), on synthetic and real-model weights."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from runtime.gguf import GGUFFile
 
 BYTE_EXACT = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+SEARCHED = K_QUANTS + ["IQ4_NL"]  # quantizers with a scale search (ggml's reference algorithms)
 
 
 def _datasets(rng) -> dict:
@@ -102,19 +104,22 @@ def test_symmetric_rounding_is_unfused_like_gguf(name, half):
 # Q2_K 0.296, Q3_K 0.151, Q4_K 0.0715, Q5_K 0.0363, Q6_K 0.0178 (for reference Q4_0 0.0862,
 # Q5_0 0.0428, Q8_0 0.0054). Q6_K's 1.8% is the expected 6-bit step: 16 values, max ~2 sigma, step
 # max/32 ~ 0.06 sigma, error step/sqrt(12). The bounds below leave ~5% headroom over the measurements.
-GAUSSIAN_BOUND = {"Q2_K": 0.31, "Q3_K": 0.16, "Q4_K": 0.075, "Q5_K": 0.038, "Q6_K": 0.019}
+# IQ4_NL 0.0792: its non-linear levels fit a Gaussian better than Q4_0's uniform grid at the same 4.5 bits.
+GAUSSIAN_BOUND = {"Q2_K": 0.31, "Q3_K": 0.16, "Q4_K": 0.075, "Q5_K": 0.038, "Q6_K": 0.019, "IQ4_NL": 0.083}
 
 
 @pytest.fixture(scope="module")
 def gaussian_errors():
     x = np.random.default_rng(7).standard_normal((64, 4096)).astype(np.float32)
-    return {name: _rel_rms(x, name) for name in K_QUANTS + ["Q4_0", "Q5_0", "Q8_0"]}
+    return {name: _rel_rms(x, name) for name in SEARCHED + ["Q4_0", "Q5_0", "Q8_0"]}
 
 
 def _assert_ordered(err):
     assert err["Q6_K"] < err["Q5_K"] < err["Q4_K"] < err["Q3_K"] < err["Q2_K"]
     assert err["Q4_K"] < err["Q4_0"]
     assert err["Q5_K"] < err["Q5_0"]
+    if "IQ4_NL" in err:
+        assert err["IQ4_NL"] < err["Q4_0"]
 
 
 def test_k_quants_gaussian_round_trip(gaussian_errors):
@@ -159,7 +164,7 @@ def test_k_quants_real_weights_round_trip(model_path, model, tensor, n_rows, sto
         assert err[name] < bound, (name, err)
 
 
-@pytest.mark.parametrize("name", K_QUANTS)
+@pytest.mark.parametrize("name", SEARCHED)
 def test_k_quants_special_rows(name, rng):
     """Zero rows decode to exact zeros; constant rows, outliers and rows of any magnitude from 1e-3 to 1e4 stay
     close relative to the row's max. (Below ~1e-4 the fp16 super-block scale underflows, as in ggml.)"""
@@ -228,3 +233,29 @@ def test_bad_input():
     bad[0, 3] = np.inf
     with pytest.raises(QuantTypeError, match="NaN or infinity"):
         quantize(bad, "Q8_0")
+
+
+IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
+
+
+def _iq4_nl_fit(xb, d):
+    """Per block: the values d * level nearest to x / d, (n_blocks, 32); xb (n_blocks, 32), d (n_blocks,)."""
+    idx = np.abs(xb[:, :, None] / d[:, None, None] - IQ4_NL_LEVELS).argmin(-1)
+    return d[:, None] * IQ4_NL_LEVELS[idx], idx
+
+
+def test_iq4_nl_scale_search(rng):
+    """IQ4_NL (ggml's quantize_iq4_nl, no importance matrix): codes are the levels nearest to x / d, and the
+    searched scale fits at least as well (x^2-weighted, as ggml weighs) as the plain d = max / 127."""
+    x = rng.standard_normal((16, 1024)).astype(np.float32)
+    raw = quantize(x, "IQ4_NL").reshape(-1, 18)  # (n_blocks, 18): fp16 d, qs[16]
+    y = gq.dequantize(raw.reshape(16, -1), GT.IQ4_NL).astype(np.float64).reshape(-1, 32)
+    xb = x.astype(np.float64).reshape(-1, 32)
+    d = raw[:, :2].copy().view(np.float16).astype(np.float64)[:, 0]
+    codes = np.concatenate([raw[:, 2:] & 15, raw[:, 2:] >> 4], axis=1)
+    # codes are chosen against the float32 d before it is stored as fp16: a few may differ at level midpoints
+    assert np.mean(codes == _iq4_nl_fit(xb, d)[1]) > 0.99
+    signed_max = xb[np.arange(len(xb)), np.abs(xb).argmax(axis=1)]
+    plain, _ = _iq4_nl_fit(xb, signed_max / 127)
+    w = xb**2
+    assert np.all((w * (y - xb) ** 2).sum(1) <= (w * (plain - xb) ** 2).sum(1) * 1.01)

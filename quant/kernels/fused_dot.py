@@ -14,14 +14,17 @@ single high bits (Q5_x, Q3_K) measured faster with integer shifts than with two 
 import numpy as np
 from numba import njit
 
-from .fp16 import load_bf16, load_f16
-from .kernel_blocks import q3k_scale, scale_min_k4
+from .. import blocks as B
+from ..blocks import KVALUES_IQ4NL, QK, q2k_scale_min, q3k_scale, q6k_scale, scale_min_k4
+from ..fp16 import load_bf16, load_f16, load_u32
+from ..types import GGMLType
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorizes reductions; keeps inf/NaN semantics
 inline = njit(cache=True, nogil=True, inline="always")
 row_jit = njit(cache=True, nogil=True, fastmath=FAST)  # one per type: each row dot is its own LLVM function
 
 ACC = 64  # accumulator lanes of the row dots
+_IQ4NL_F32 = KVALUES_IQ4NL.astype(np.float32)
 _F16, _F4, _F64 = np.float32(16.0), np.float32(4.0), np.float32(64.0)
 
 
@@ -115,64 +118,74 @@ def _seg_q3(acc, x, xo, f0, f1, f2, f3, row, qo, ho, hs):
               q2 + np.float32(h & 4), q3 + np.float32((h & 8) >> 1))
 
 
-@inline
-def _u32(row, o):
-    return np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16) | (np.int64(row[o + 3]) << 24)
-
-
 @row_jit
-def dot_q8_0(row, x, xsum, acc):  # d, qs[32] int8
+def dot_q8_0(row, x, xsum, acc):
     acc[:] = 0.0
-    for ib in range(x.shape[0] // 32):
-        o = 34 * ib
+    for ib in range(x.shape[0] // QK):
+        o = B.Q8_0_SIZE * ib
         f = load_f16(row, o)
-        for l in range(_opaque(32, x)):  # hot loop
-            acc[l] += np.float32(np.int8(row[o + 2 + l])) * (x[32 * ib + l] * f)
+        for l in range(_opaque(QK, x)):  # hot loop
+            acc[l] += np.float32(np.int8(row[o + B.Q8_0_QS + l])) * (x[QK * ib + l] * f)
     return acc.sum()
 
 
 @row_jit
-def dot_q4_0(row, x, xsum, acc):  # d, qs[16]; value d (q - 8)
+def dot_iq4_nl(row, x, xsum, acc):  # value d KVALUES_IQ4NL[nibble]
+    acc[:] = 0.0
+    for ib in range(x.shape[0] // QK):
+        o = B.IQ4_NL_SIZE * ib
+        f = load_f16(row, o)
+        for l in range(_opaque(16, x)):  # hot loop: two table lookups per byte (unsigned indices: no wraparound)
+            b = np.uint64(row[o + B.IQ4_NL_QS + l])
+            acc[l] += _IQ4NL_F32[b & np.uint64(15)] * (x[QK * ib + l] * f)
+            acc[16 + l] += _IQ4NL_F32[b >> np.uint64(4)] * (x[QK * ib + 16 + l] * f)
+    return acc.sum()
+
+
+@row_jit
+def dot_q4_0(row, x, xsum, acc):  # value d (q - 8)
     acc[:] = 0.0
     offset = np.float32(0.0)
-    for ib in range(x.shape[0] // 32):
-        d = load_f16(row, 18 * ib)
+    for ib in range(x.shape[0] // QK):
+        o = B.Q4_0_SIZE * ib
+        d = load_f16(row, o)
         offset += np.float32(8.0) * d * xsum[ib]
-        _seg_nibbles(acc, x, 32 * ib, d, d, row, 18 * ib + 2, 16)
+        _seg_nibbles(acc, x, QK * ib, d, d, row, o + B.Q4_0_QS, 16)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q4_1(row, x, xsum, acc):  # d, m, qs[16]; value d q + m
+def dot_q4_1(row, x, xsum, acc):  # value d q + m
     acc[:] = 0.0
     offset = np.float32(0.0)
-    for ib in range(x.shape[0] // 32):
-        d = load_f16(row, 20 * ib)
-        offset -= load_f16(row, 20 * ib + 2) * xsum[ib]
-        _seg_nibbles(acc, x, 32 * ib, d, d, row, 20 * ib + 4, 16)
+    for ib in range(x.shape[0] // QK):
+        o = B.Q4_1_SIZE * ib
+        d = load_f16(row, o)
+        offset -= load_f16(row, o + B.Q4_1_M) * xsum[ib]
+        _seg_nibbles(acc, x, QK * ib, d, d, row, o + B.Q4_1_QS, 16)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q5_0(row, x, xsum, acc):  # d, qh[4], qs[16]; value d (q - 16)
+def dot_q5_0(row, x, xsum, acc):  # value d (q - 16)
     acc[:] = 0.0
     offset = np.float32(0.0)
-    for ib in range(x.shape[0] // 32):
-        o = 22 * ib
+    for ib in range(x.shape[0] // QK):
+        o = B.Q5_0_SIZE * ib
         d = load_f16(row, o)
         offset += _F16 * d * xsum[ib]
-        _seg_q5(acc, x, 32 * ib, d, row, o + 6, _u32(row, o + 2))
+        _seg_q5(acc, x, QK * ib, d, row, o + B.Q5_0_QS, load_u32(row, o + B.Q5_0_QH))
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q5_1(row, x, xsum, acc):  # d, m, qh[4], qs[16]; value d q + m
+def dot_q5_1(row, x, xsum, acc):  # value d q + m
     acc[:] = 0.0
     offset = np.float32(0.0)
-    for ib in range(x.shape[0] // 32):
-        o = 24 * ib
-        offset -= load_f16(row, o + 2) * xsum[ib]
-        _seg_q5(acc, x, 32 * ib, load_f16(row, o), row, o + 8, _u32(row, o + 4))
+    for ib in range(x.shape[0] // QK):
+        o = B.Q5_1_SIZE * ib
+        offset -= load_f16(row, o + B.Q5_1_M) * xsum[ib]
+        _seg_q5(acc, x, QK * ib, load_f16(row, o), row, o + B.Q5_1_QS, load_u32(row, o + B.Q5_1_QH))
     return acc.sum() - offset
 
 
@@ -181,96 +194,97 @@ def _k4_offset(row, o, xsum, s0):
     """dmin * sum over the 8 sub-blocks of m[s] * xsum[s0 + s] (Q4_K, Q5_K)."""
     total = np.float32(0.0)
     for s in range(8):
-        total += np.float32(scale_min_k4(row, o + 4, s)[1]) * xsum[s0 + s]
-    return load_f16(row, o + 2) * total
+        total += np.float32(scale_min_k4(row, o + B.Q4_K_SCALES, s)[1]) * xsum[s0 + s]
+    return load_f16(row, o + B.Q4_K_DMIN) * total
 
 
 @row_jit
-def dot_q4_k(row, x, xsum, acc):  # d, dmin, scales[12], qs[128]
+def dot_q4_k(row, x, xsum, acc):
     acc[:] = 0.0
     offset = np.float32(0.0)
     for ib in range(x.shape[0] // 256):
-        o = 144 * ib
-        d = load_f16(row, o)
+        o = B.Q4_K_SIZE * ib
+        d = load_f16(row, o + B.Q4_K_D)
         offset += _k4_offset(row, o, xsum, 8 * ib)
         for j in range(4):  # chunk j: sub-block 2j in the low nibbles, 2j+1 in the high ones
-            f0 = d * np.float32(scale_min_k4(row, o + 4, 2 * j)[0])
-            f1 = d * np.float32(scale_min_k4(row, o + 4, 2 * j + 1)[0])
-            _seg_nibbles(acc, x, 256 * ib + 64 * j, f0, f1, row, o + 16 + 32 * j, 32)
+            f0 = d * np.float32(scale_min_k4(row, o + B.Q4_K_SCALES, 2 * j)[0])
+            f1 = d * np.float32(scale_min_k4(row, o + B.Q4_K_SCALES, 2 * j + 1)[0])
+            _seg_nibbles(acc, x, 256 * ib + 64 * j, f0, f1, row, o + B.Q4_K_QS + 32 * j, 32)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q5_k(row, x, xsum, acc):  # d, dmin, scales[12], qh[32], qs[128]
+def dot_q5_k(row, x, xsum, acc):
     acc[:] = 0.0
     offset = np.float32(0.0)
     for ib in range(x.shape[0] // 256):
-        o = 176 * ib
-        d = load_f16(row, o)
+        o = B.Q5_K_SIZE * ib
+        d = load_f16(row, o + B.Q5_K_D)
         offset += _k4_offset(row, o, xsum, 8 * ib)
         for j in range(4):
-            f0 = d * np.float32(scale_min_k4(row, o + 4, 2 * j)[0])
-            f1 = d * np.float32(scale_min_k4(row, o + 4, 2 * j + 1)[0])
-            _seg_q5k(acc, x, 256 * ib + 64 * j, f0, f1, row, o + 48 + 32 * j, o + 16, j)
+            f0 = d * np.float32(scale_min_k4(row, o + B.Q5_K_SCALES, 2 * j)[0])
+            f1 = d * np.float32(scale_min_k4(row, o + B.Q5_K_SCALES, 2 * j + 1)[0])
+            _seg_q5k(acc, x, 256 * ib + 64 * j, f0, f1, row, o + B.Q5_K_QS + 32 * j, o + B.Q5_K_QH, j)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q6_k(row, x, xsum, acc):  # ql[128], qh[64], scales[16] int8, d; value d sc (q - 32)
+def dot_q6_k(row, x, xsum, acc):  # value d sc (q - 32)
     acc[:] = 0.0
     offset = np.float32(0.0)
     for ib in range(x.shape[0] // 256):
-        o = 210 * ib
-        d = load_f16(row, o + 208)
+        o = B.Q6_K_SIZE * ib
+        d = load_f16(row, o + B.Q6_K_D)
         for h in range(2):
             for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3
                 s = 8 * h + p
-                f0 = d * np.float32(np.int8(row[o + 192 + s]))
-                f1 = d * np.float32(np.int8(row[o + 194 + s]))
-                f2 = d * np.float32(np.int8(row[o + 196 + s]))
-                f3 = d * np.float32(np.int8(row[o + 198 + s]))
+                f0, f1 = d * np.float32(q6k_scale(row, o, s)), d * np.float32(q6k_scale(row, o, s + 2))
+                f2, f3 = d * np.float32(q6k_scale(row, o, s + 4)), d * np.float32(q6k_scale(row, o, s + 6))
                 t = 16 * ib + s
                 offset += np.float32(32.0) * (f0 * xsum[t] + f1 * xsum[t + 2] + f2 * xsum[t + 4] + f3 * xsum[t + 6])
-                _seg_q6(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + 64 * h + 16 * p,
-                        o + 128 + 32 * h + 16 * p)
+                _seg_q6(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + B.Q6_K_QL + 64 * h + 16 * p,
+                        o + B.Q6_K_QH + 32 * h + 16 * p)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q2_k(row, x, xsum, acc):  # scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin
+def dot_q2_k(row, x, xsum, acc):  # value d sc q - dmin m
     acc[:] = 0.0
     offset = np.float32(0.0)
     for ib in range(x.shape[0] // 256):
-        o = 84 * ib
-        d, dmin = load_f16(row, o + 80), load_f16(row, o + 82)
+        o = B.Q2_K_SIZE * ib
+        d, dmin = load_f16(row, o + B.Q2_K_D), load_f16(row, o + B.Q2_K_DMIN)
         for s in range(16):
-            offset += dmin * np.float32(np.int64(row[o + s]) >> 4) * xsum[16 * ib + s]
+            offset += dmin * np.float32(q2k_scale_min(row, o, s)[1]) * xsum[16 * ib + s]
         for h in range(2):
             for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3
-                s = o + 8 * h + p
-                f0, f1 = d * np.float32(np.int64(row[s]) & 15), d * np.float32(np.int64(row[s + 2]) & 15)
-                f2, f3 = d * np.float32(np.int64(row[s + 4]) & 15), d * np.float32(np.int64(row[s + 6]) & 15)
-                qo = o + 16 + 32 * h + 16 * p
+                s = 8 * h + p
+                f0 = d * np.float32(q2k_scale_min(row, o, s)[0])
+                f1 = d * np.float32(q2k_scale_min(row, o, s + 2)[0])
+                f2 = d * np.float32(q2k_scale_min(row, o, s + 4)[0])
+                f3 = d * np.float32(q2k_scale_min(row, o, s + 6)[0])
+                qo = o + B.Q2_K_QS + 32 * h + 16 * p
                 _seg_q2(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, qo)
     return acc.sum() - offset
 
 
 @row_jit
-def dot_q3_k(row, x, xsum, acc):  # hmask[32], qs[64], scales[12] (16 x 6 bit), d; value d sc (q + 4 h - 4)
+def dot_q3_k(row, x, xsum, acc):  # value d sc (q + 4 h - 4)
     acc[:] = 0.0
     offset = np.float32(0.0)
     for ib in range(x.shape[0] // 256):
-        o = 110 * ib
-        d = load_f16(row, o + 108)
+        o = B.Q3_K_SIZE * ib
+        d = load_f16(row, o + B.Q3_K_D)
+        sc = o + B.Q3_K_SCALES
         for h in range(2):
             for p in range(2):  # sub-blocks s = 8h + 2k + p, k = 0..3; high bit 4h + k of hmask[16p + l]
                 s = 8 * h + p
-                f0, f1 = d * np.float32(q3k_scale(row, o + 96, s)), d * np.float32(q3k_scale(row, o + 96, s + 2))
-                f2, f3 = d * np.float32(q3k_scale(row, o + 96, s + 4)), d * np.float32(q3k_scale(row, o + 96, s + 6))
+                f0, f1 = d * np.float32(q3k_scale(row, sc, s)), d * np.float32(q3k_scale(row, sc, s + 2))
+                f2, f3 = d * np.float32(q3k_scale(row, sc, s + 4)), d * np.float32(q3k_scale(row, sc, s + 6))
                 t = 16 * ib + s
                 offset += _F4 * (f0 * xsum[t] + f1 * xsum[t + 2] + f2 * xsum[t + 4] + f3 * xsum[t + 6])
-                _seg_q3(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + 32 + 32 * h + 16 * p,
-                        o + 16 * p, 4 * h)
+                _seg_q3(acc, x, 256 * ib + 128 * h + 16 * p, f0, f1, f2, f3, row, o + B.Q3_K_QS + 32 * h + 16 * p,
+                        o + B.Q3_K_HMASK + 16 * p, 4 * h)
     return acc.sum() - offset
 
 
@@ -302,29 +316,31 @@ def dot_bf16(row, x, xsum, acc):
 @njit(cache=True, nogil=True)
 def row_dot(code, row, x, xsum, acc):
     """Dot of one row (row_bytes,) uint8 of GGMLType `code` with x (n_cols,); xsum: x summed per sub-block
-    (quant.kernel_blocks.layout); acc: float32 scratch (ACC,). The type branch runs once per row."""
-    if code == 12:
+    (quant.blocks.layout); acc: float32 scratch (ACC,). The type branch runs once per row."""
+    if code == GGMLType.Q4_K:
         return dot_q4_k(row, x, xsum, acc)
-    if code == 14:
+    if code == GGMLType.Q6_K:
         return dot_q6_k(row, x, xsum, acc)
-    if code == 8:
+    if code == GGMLType.Q8_0:
         return dot_q8_0(row, x, xsum, acc)
-    if code == 6:
+    if code == GGMLType.Q5_0:
         return dot_q5_0(row, x, xsum, acc)
-    if code == 3:
+    if code == GGMLType.Q4_1:
         return dot_q4_1(row, x, xsum, acc)
-    if code == 2:
+    if code == GGMLType.Q4_0:
         return dot_q4_0(row, x, xsum, acc)
-    if code == 0:
+    if code == GGMLType.F32:
         return dot_f32(row, x, xsum, acc)
-    if code == 7:
+    if code == GGMLType.Q5_1:
         return dot_q5_1(row, x, xsum, acc)
-    if code == 13:
+    if code == GGMLType.Q5_K:
         return dot_q5_k(row, x, xsum, acc)
-    if code == 10:
+    if code == GGMLType.IQ4_NL:
+        return dot_iq4_nl(row, x, xsum, acc)
+    if code == GGMLType.Q2_K:
         return dot_q2_k(row, x, xsum, acc)
-    if code == 11:
+    if code == GGMLType.Q3_K:
         return dot_q3_k(row, x, xsum, acc)
-    if code == 1:
+    if code == GGMLType.F16:
         return dot_f16(row, x, xsum, acc)
     return dot_bf16(row, x, xsum, acc)

@@ -10,8 +10,10 @@ With AVX2 that is vpmaddubsw (u8 x s8 -> s16 pairs; never saturates for |u| <= 1
 and vpmaddwd; signed quants use ggml's trick |u| x sign(u). Without AVX2 (or when Numba targets another
 CPU) the same sums come from plain widening multiplies, which any LLVM target compiles.
 
+Block offsets and the packed-field layouts are quant.blocks'; the unpackers here are their vector forms.
 The intrinsics keep these vectors in registers across a whole block or row and reduce once:
-  dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) with float32 vector accumulators;
+  dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) with float32 vector
+                  accumulators (IQ4_NL: nibbles mapped to its int8 levels by a byte shuffle, vpshufb);
   dot_row_q4_k, dot_row_q5_k, dot_row_q6_k   a full row of a K-quant: per 256-block, the sub-block scales
                   (unpacked with vector ops) applied as integers, minimums / offsets through the activation sums;
   dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K).
@@ -21,6 +23,8 @@ from llvmlite import binding, ir
 from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .. import blocks as B
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 V32x8, V16x16, V8x32, V8xF = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
@@ -139,11 +143,24 @@ def _nibbles_32(builder, arrays, i, qs, qh, hbit):
     return builder.or_(u, builder.select(is_set, _splat(builder, hbit, 32), ir.Constant(V32x8, [0] * 32)))
 
 
+def _lookup_16(builder, u, table):
+    """32 x i8: table[u[l]] for indices u[l] in 0..15 (vpshufb with the table in both 128-bit halves under AVX2;
+    otherwise a chain of selects, which any LLVM target compiles)."""
+    if AVX2:
+        tab = ir.Constant(V32x8, [int(v) for v in table] * 2)
+        return builder.call(_fn(builder, "llvm.x86.avx2.pshuf.b", V32x8, [V32x8, V32x8]), [tab, u])
+    out = ir.Constant(V32x8, [0] * 32)
+    for k, v in enumerate(table):
+        out = builder.select(builder.icmp_unsigned("==", u, _splat(builder, k, 32)), _splat(builder, int(v), 32), out)
+    return out
+
+
 # ---- intrinsics ----
 
-def _row_dot_32(size, qs, qh, bias, has_min, int8):
+def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None):
     """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size`
-    bytes, fp16 d at 0, fp16 m at 2 (has_min), fifth bits at qh (or None), quants at qs; value d (q - bias) [+ m].
+    bytes, fp16 d at 0, fp16 m at offset m (or None), fifth bits at qh (or None), quants at qs (int8 bytes, or
+    nibbles); value d (q - bias) [+ m], or d table[q] with a table of 16 int8 levels.
     qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (for the minimums)."""
 
     @intrinsic
@@ -166,14 +183,16 @@ def _row_dot_32(size, qs, qh, bias, has_min, int8):
                     u = _nibbles_32(builder, arr, 0, at(qs), None if qh is None else at(qh), 16)
                     if bias:
                         u = builder.sub(u, _splat(builder, bias, 32))
+                    if table is not None:
+                        u = _lookup_16(builder, u, table)
                 x = arr.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
-                p = builder.sitofp(_madd(builder, u, x, signed=int8 or bias > 0), V8xF)
+                p = builder.sitofp(_madd(builder, u, x, signed=int8 or bias > 0 or table is not None), V8xF)
                 dxb = arr.load(3, ib, F32)
                 scale = builder.fmul(_half(builder, arr, 0, o), dxb)
                 fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
                 builder.store(builder.call(fma, [p, _splat(builder, scale, 8, F32), builder.load(acc)]), acc)
-                if has_min:
-                    term = builder.fmul(_half(builder, arr, 0, at(2)), arr.load(4, ib, F32))
+                if m is not None:
+                    term = builder.fmul(_half(builder, arr, 0, at(m)), arr.load(4, ib, F32))
                     builder.store(builder.fadd(builder.load(acc_min), term), acc_min)
             total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
                                  [ir.Constant(F32, 0.0), builder.load(acc)])
@@ -184,16 +203,17 @@ def _row_dot_32(size, qs, qh, bias, has_min, int8):
     return dot
 
 
-dot_row_q8_0 = _row_dot_32(34, 2, None, 0, False, True)
-dot_row_q4_0 = _row_dot_32(18, 2, None, 8, False, False)
-dot_row_q4_1 = _row_dot_32(20, 4, None, 0, True, False)
-dot_row_q5_0 = _row_dot_32(22, 6, 2, 16, False, False)
-dot_row_q5_1 = _row_dot_32(24, 8, 4, 0, True, False)
+dot_row_q8_0 = _row_dot_32(B.Q8_0_SIZE, B.Q8_0_QS, int8=True)
+dot_row_q4_0 = _row_dot_32(B.Q4_0_SIZE, B.Q4_0_QS, bias=8)
+dot_row_q4_1 = _row_dot_32(B.Q4_1_SIZE, B.Q4_1_QS, m=B.Q4_1_M)
+dot_row_q5_0 = _row_dot_32(B.Q5_0_SIZE, B.Q5_0_QS, qh=B.Q5_0_QH, bias=16)
+dot_row_q5_1 = _row_dot_32(B.Q5_1_SIZE, B.Q5_1_QS, qh=B.Q5_1_QH, m=B.Q5_1_M)
+dot_row_iq4_nl = _row_dot_32(B.IQ4_NL_SIZE, B.IQ4_NL_QS, table=B.KVALUES_IQ4NL)
 
 
 def _k4_scales(builder, arr, at):
     """The 8 sub-block scales and 8 minimums (6 bits each, packed in 12 bytes at `at`) of a Q4_K/Q5_K block as two
-    8 x i32 vectors: ggml's kmask unpacking on three little-endian u32."""
+    8 x i32 vectors: quant.blocks.scale_min_k4 for all 8 pairs at once (ggml's kmask unpacking on three u32)."""
     u = [arr.load(0, builder.add(at, ir.Constant(I64, 4 * k)), I32) for k in range(3)]
     c = lambda v: ir.Constant(I32, v)  # noqa: E731
     m1, m2, m3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
@@ -218,20 +238,21 @@ def _k_block(builder, arr, kind, o, xo, bsv):
     xat = lambda k: arr.load(2, builder.add(xo, ir.Constant(I64, k)), V32x8)  # noqa: E731
     if kind == "q6_k":  # element 128h + 32k + l: nibble k // 2 of ql[64h + 32 (k % 2) + l], bits 2k of qh[32h + l]
         for h in range(2):
-            qh = arr.load(0, at(128 + 32 * h), V32x8)
-            ql = [arr.load(0, at(64 * h + 32 * p), V32x8) for p in range(2)]
+            qh = arr.load(0, at(B.Q6_K_QH + 32 * h), V32x8)
+            ql = [arr.load(0, at(B.Q6_K_QL + 64 * h + 32 * p), V32x8) for p in range(2)]
             for k in range(4):
                 u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
                                 builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
-                s = 192 + 8 * h + 2 * k
+                s = B.Q6_K_SCALES + 8 * h + 2 * k
                 s0, s1 = (builder.sext(arr.load(0, at(s + j), I8), I32) for j in range(2))
                 acc = builder.add(acc, _madd_scaled(builder, u, xat(128 * h + 32 * k), s0, s1))
-        scales = builder.sext(arr.load(0, at(192), ir.VectorType(I8, 16)), bsv.type)
+        scales = builder.sext(arr.load(0, at(B.Q6_K_SCALES), ir.VectorType(I8, 16)), bsv.type)
         msum = builder.call(_fn(builder, "llvm.vector.reduce.add.v16i32", I32, [bsv.type]), [builder.mul(scales, bsv)])
         return _reduce_i32(builder, acc), msum
-    qs, fifth = (16, False) if kind == "q4_k" else (48, True)  # chunk c: sub-block 2c low nibbles, 2c + 1 high
-    sc, mn = _k4_scales(builder, arr, at(4))
-    high = arr.load(0, at(16), V32x8) if fifth else None
+    # chunk c: sub-block 2c low nibbles, 2c + 1 high (Q4_K and Q5_K share d, dmin and the scales' offsets)
+    qs, fifth = (B.Q4_K_QS, False) if kind == "q4_k" else (B.Q5_K_QS, True)
+    sc, mn = _k4_scales(builder, arr, at(B.Q4_K_SCALES))
+    high = arr.load(0, at(B.Q5_K_QH), V32x8) if fifth else None
     for c in range(4):
         v = arr.load(0, at(qs + 32 * c), V32x8)
         for half in range(2):
@@ -244,7 +265,7 @@ def _k_block(builder, arr, kind, o, xo, bsv):
     return _reduce_i32(builder, acc), _reduce_i32(builder, builder.mul(mn, pairs))
 
 
-_K_SIZE = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
+_K_SIZE = {"q4_k": B.Q4_K_SIZE, "q5_k": B.Q5_K_SIZE, "q6_k": B.Q6_K_SIZE}
 
 
 def _row_dot_k(kind):
@@ -267,11 +288,12 @@ def _row_dot_k(kind):
                 isum, msum = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsv)
                 dxb = arr.load(3, ib, F32)
                 if kind == "q6_k":
-                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, 208)))
+                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q6_K_D)))
                     term = builder.fmul(builder.fmul(d, dxb),
                                         builder.sitofp(builder.sub(isum, builder.mul(msum, ir.Constant(I32, 32))), F32))
                 else:
-                    d, dmin = _half(builder, arr, 0, o), _half(builder, arr, 0, builder.add(o, ir.Constant(I64, 2)))
+                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_D)))
+                    dmin = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_DMIN)))
                     term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
                                                           builder.fmul(dmin, builder.sitofp(msum, F32))))
                 builder.store(builder.fadd(builder.load(acc), term), acc)

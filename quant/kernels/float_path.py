@@ -1,4 +1,4 @@
-"""Float path: decode weight blocks on the fly and multiply them with float32 activations.
+"""Float path (`LLAMBA_KERNELS=float`): decode weight blocks on the fly and multiply them with float32 activations.
 
 matvec: per output row, a float32 lane array accumulates q[j] * (x[j] * sc[s]) (the sub-block scale is
 folded into the activation), one horizontal sum per row (fused_dot.py); sub-block offsets use the
@@ -9,7 +9,7 @@ activation's sub-block sums, computed once per matvec. matmul: rows are decoded 
 import numpy as np
 from numba import njit, prange
 
-from .dequant import dequantize
+from ..dequant import dequantize
 from .fused_dot import ACC, row_dot
 
 ROWS_PER_TASK = 16  # rows per prange iteration: one scratch allocation each
@@ -21,7 +21,7 @@ def matvec(raw, code, x, xsum, y):
     n = raw.shape[0]
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         acc = np.empty(ACC, np.float32)  # the row dots' lane accumulators
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):  # hot loop: one fused row dot per output
             y[r] = row_dot(code, raw[r], x, xsum, acc)
 
 

@@ -7,10 +7,11 @@ Types without an integer kernel (F32, F16, BF16) use the float path (quant.matri
 import numpy as np
 from numba import njit, prange
 
-from .activation import quantize_activations, quantize_rows
+from ..activation import quantize_activations, quantize_rows
+from ..blocks import QK
+from ..types import QK_K, GGMLType
 from .int_dot import row_dot
 from .simd import prefetch
-from .types import QK_K
 
 ROWS_PER_TASK = 16  # rows per prange iteration
 PREFETCH_ROWS = 4  # rows ahead whose bytes are prefetched (weights are read once per token: from memory)
@@ -18,7 +19,9 @@ PREFETCH_ROWS = 4  # rows ahead whose bytes are prefetched (weights are read onc
 
 @njit(cache=True, nogil=True, inline="always")
 def _is_k(code):
-    return 10 <= code <= 14  # Q2_K..Q6_K: Q8_K activations (256-blocks); the others Q8_0
+    """Whether a weight type takes Q8_K activations (the K-quants) rather than Q8_0 (ggml's vec_dot_type)."""
+    return (code == GGMLType.Q2_K or code == GGMLType.Q3_K or code == GGMLType.Q4_K or code == GGMLType.Q5_K
+            or code == GGMLType.Q6_K)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -27,8 +30,8 @@ def matvec_many(raws, codes, x, ys):
     share the input x (n,): x is quantized once per activation type, and one parallel loop covers every row."""
     n, n_mats = x.shape[0], len(raws)
     X = x.reshape((1, n))
-    qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // 32), np.float32), np.empty((1, n // 16), np.int32)
-    xs = np.empty((1, n // 32), np.float32)
+    qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // QK), np.float32), np.empty((1, n // 16), np.int32)
+    xs = np.empty((1, n // QK), np.float32)
     qxk, dxk, bsk = np.empty((1, n), np.int8), np.empty((1, n // QK_K), np.float32), np.empty((1, n // 16), np.int32)
     starts = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
     need_k = need_0 = False
@@ -39,7 +42,7 @@ def matvec_many(raws, codes, x, ys):
     if need_k:
         quantize_rows(X, QK_K, qxk, dxk, bsk, xs)
     if need_0:
-        quantize_rows(X, 32, qx0, dx0, bs0, xs)
+        quantize_rows(X, QK, qx0, dx0, bs0, xs)
     for task in prange(starts[n_mats]):
         m = 0
         while task >= starts[m + 1]:
@@ -50,7 +53,8 @@ def matvec_many(raws, codes, x, ys):
         r0 = (task - starts[m]) * ROWS_PER_TASK
         rb = raw.shape[1]
         end = min(raw.shape[0], r0 + ROWS_PER_TASK) * rb
-        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):  # hot loop
+        # hot loop: one output per weight row; prefetch the row PREFETCH_ROWS ahead, then its integer dot
+        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):
             for o in range((r + PREFETCH_ROWS) * rb, min((r + PREFETCH_ROWS + 1) * rb, end), 64):
                 prefetch(w, o)
             y[r] = row_dot(code, w, r * rb, qx, dx, bs, xs[0])

@@ -1,0 +1,84 @@
+"""Integer row dots (ggml's vec_dot_<type>_q8): one weight row against one Q8-quantized activation row.
+
+Every function takes (w, base, qx, dx, bs, xs): the row's bytes at w[base:base + row_bytes] of a flat uint8
+array (so the kernels index the weight matrix without a view per row), qx int8 (n,), dx float32 block scales,
+bs int32 sums of qx per 16, xs float32 scaled sums per 32 (Q8_0 activations); it returns the float32 dot.
+The 32-element integer dots are the vector intrinsics of simd.py; a block's integer sums (sub-block scales
+applied as integers, as ggml does) are scaled by the weight's and the activation's float scales once per
+block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) and minimums go through the activation sums:
+sum((q - c) x) = sum(q x) - c sum(x).
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import blocks as B
+from ..blocks import q2k_scale_min, q3k_scale
+from ..fp16 import load_f16
+from ..types import GGMLType
+from . import simd
+
+jit = njit(cache=True, nogil=True, inline="always")
+
+
+@jit
+def dot_q3_k(row, base, qx, dx, bs, xs):  # value d sc (q + 4 h - 4)
+    total = np.float32(0.0)
+    for ib in range(qx.shape[0] // 256):
+        o = base + B.Q3_K_SIZE * ib
+        isum, offset = 0, 0
+        for h in range(2):  # element 128h + 32k + l: bits 2k of qs[32h + l], high bit 4h + k of hmask[l]
+            for k in range(4):
+                s = 8 * h + 2 * k
+                sc0, sc1 = q3k_scale(row, o + B.Q3_K_SCALES, s), q3k_scale(row, o + B.Q3_K_SCALES, s + 1)
+                isum += simd.dot_bytes(row, o + B.Q3_K_QS + 32 * h, 2 * k, 3, o + B.Q3_K_HMASK, 4 * h + k, 1, 2,
+                                       qx, 256 * ib + 128 * h + 32 * k, sc0, sc1)
+                offset += sc0 * bs[16 * ib + s] + sc1 * bs[16 * ib + s + 1]
+        total += load_f16(row, o + B.Q3_K_D) * dx[ib] * np.float32(isum - 4 * offset)
+    return total
+
+
+@jit
+def dot_q2_k(row, base, qx, dx, bs, xs):  # value d sc q - dmin m
+    total = np.float32(0.0)
+    for ib in range(qx.shape[0] // 256):
+        o = base + B.Q2_K_SIZE * ib
+        isum, msum = 0, 0
+        for s in range(16):
+            msum += q2k_scale_min(row, o, s)[1] * bs[16 * ib + s]
+        for h in range(2):  # element 128h + 32k + l: bits 2k of qs[32h + l]
+            for k in range(4):
+                s = 8 * h + 2 * k
+                isum += simd.dot_bytes(row, o + B.Q2_K_QS + 32 * h, 2 * k, 3, o, 0, 0, 0, qx,
+                                       256 * ib + 128 * h + 32 * k, q2k_scale_min(row, o, s)[0],
+                                       q2k_scale_min(row, o, s + 1)[0])
+        total += dx[ib] * (load_f16(row, o + B.Q2_K_D) * np.float32(isum)
+                           - load_f16(row, o + B.Q2_K_DMIN) * np.float32(msum))
+    return total
+
+
+@jit
+def row_dot(code, row, base, qx, dx, bs, xs):
+    """Dot of the row at row[base:] of GGMLType `code` with one Q8 activation row; the type branch runs once per
+    row. The 32-block types and Q4_K..Q6_K are whole-row intrinsics of simd.py; Q2_K and Q3_K loop here."""
+    if code == GGMLType.Q4_K:
+        return simd.dot_row_q4_k(row, base, qx, dx, bs)
+    if code == GGMLType.Q6_K:
+        return simd.dot_row_q6_k(row, base, qx, dx, bs)
+    if code == GGMLType.Q8_0:
+        return simd.dot_row_q8_0(row, base, qx, dx, xs)
+    if code == GGMLType.Q5_0:
+        return simd.dot_row_q5_0(row, base, qx, dx, xs)
+    if code == GGMLType.Q4_1:
+        return simd.dot_row_q4_1(row, base, qx, dx, xs)
+    if code == GGMLType.Q4_0:
+        return simd.dot_row_q4_0(row, base, qx, dx, xs)
+    if code == GGMLType.Q5_1:
+        return simd.dot_row_q5_1(row, base, qx, dx, xs)
+    if code == GGMLType.Q5_K:
+        return simd.dot_row_q5_k(row, base, qx, dx, bs)
+    if code == GGMLType.IQ4_NL:
+        return simd.dot_row_iq4_nl(row, base, qx, dx, xs)
+    if code == GGMLType.Q2_K:
+        return dot_q2_k(row, base, qx, dx, bs, xs)
+    return dot_q3_k(row, base, qx, dx, bs, xs)
