@@ -24,6 +24,15 @@ def test_q4_k_m_plan_matches_llama_cpp(model_path, name):
     assert {t.name: t.qtype.name for t in plan.tensors} == expected
 
 
+def test_iq4_nl_plan_reads_the_gqa_ratio(model_path):
+    """Qwen2.5-0.5B has 7 query heads per K/V head: llama.cpp's IQ4_NL mix gives its attn_v Q5_K (here Q5_1, the
+    fallback for 896-element rows), the other matrices IQ4_NL (the rule itself: test_convert.test_iq4_nl_mix_rules)."""
+    path = model_path("qwen2.5-coder-0.5b-instruct")
+    plan = quantize_gguf(path, path, "iq4_nl", allow_requantize=True, dry_run=True, log=lambda s: None)
+    types = {t.name: t.qtype.name for t in plan.tensors}
+    assert types["blk.0.attn_v.weight"] == "Q5_1" and types["blk.0.attn_q.weight"] == "IQ4_NL"
+
+
 @pytest.fixture(scope="module")
 def f32_model(tmp_path_factory):
     """(f32 GGUF path, transformers model) of a tiny random llama."""

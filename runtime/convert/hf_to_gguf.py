@@ -141,7 +141,7 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
 
     by_gguf = _gguf_tensors(expected)
     has_output = any(g == "output.weight" for g, _, _ in by_gguf)
-    chooser = TypeChooser(s, config.n_layer, has_output, config.n_expert)
+    chooser = TypeChooser(s, config.n_layer, has_output, config.n_expert, config.n_head // config.n_head_kv)
     tensors = []
     for gguf_name, shape, parts in by_gguf:
         qtype, note = chooser.choose(gguf_name, shape)

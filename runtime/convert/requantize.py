@@ -63,8 +63,10 @@ def quantize_gguf(src, dst, outtype: str, *, allow_requantize: bool = False, for
         check_target(dst, force)
     with GGUFFile(src) as g:
         arch, md = g.architecture, g.metadata
+        n_head = int(md.get(f"{arch}.attention.head_count", 1))
         chooser = TypeChooser(s, int(md.get(f"{arch}.block_count", 0)), "output.weight" in g.tensors,
-                              int(md.get(f"{arch}.expert_count", 0)))
+                              int(md.get(f"{arch}.expert_count", 0)),
+                              n_head // max(1, int(md.get(f"{arch}.attention.head_count_kv", n_head))))
         tensors = []
         for name, t in g.tensors.items():
             qtype, note = chooser.choose(name, t.shape)
