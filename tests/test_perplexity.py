@@ -299,3 +299,45 @@ def test_requantized_real_model_keeps_perplexity(model_path, tmp_path):
            for name, p in [("orig", src), ("q8_0", q8), ("q4_k_m", q4)]}
     assert abs(ppl["q8_0"] / ppl["orig"] - 1) < 0.01, ppl
     assert abs(ppl["q4_k_m"] / ppl["orig"] - 1) < 0.05, ppl
+
+
+# ---- the output head's kernel path (issue 10: the logits generation samples from) ---------------------------------
+
+class _Spy:
+    """Records which head a forward multiplies with, and how."""
+
+    def __init__(self, m, name: str, log: list):
+        self.m, self.name, self.log = m, name, log
+
+    def matvec(self, x, out=None):
+        self.log.append(f"{self.name}.matvec")
+        return self.m.matvec(x, out=out)
+
+    def matmul(self, X, out=None):
+        self.log.append(f"{self.name}.matmul")
+        return self.m.matmul(X, out=out)
+
+
+def test_prompt_head_follows_the_batch_path_and_decode_stays_int(model_path):
+    """On the int path, decode steps take the int head; the last position of a prompt batch of >= 16 tokens (whose
+    layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives."""
+    import quant.matrix
+
+    path = model_path("smollm2-135m-instruct")
+    with kernel_path("int"):
+        model = load_model(path, n_ctx=64)
+    assert model.output.path == "int" and model.batch_output.path == "float"
+    assert model.output.raw is model.batch_output.raw or np.shares_memory(model.output.raw, model.batch_output.raw)
+    n = quant.matrix.BLAS_MIN_TOKENS + 4
+    ids = np.arange(1000, 1000 + n + 1)
+    full = model.forward(ids[:n], 0, all_logits=True)  # (n, n_vocab): sgemm throughout, head included
+    last = model.forward(ids[:n], 0)  # what generation samples its first token from
+    np.testing.assert_allclose(last, full[-1], atol=2e-3)  # float32 rounding only (measured 3e-5 on a chat prompt)
+
+    log = []
+    model.output, model.batch_output = _Spy(model.output, "int", log), _Spy(model.batch_output, "float", log)
+    model.forward(ids[:n], 0)
+    model.forward(ids[n:n + 1], n)  # a decode step
+    model.forward(ids[:5], 0)  # a short prompt: its layers ran the int kernels, so does its head
+    model.forward(ids[:n], 0, all_logits=True)
+    assert log == ["float.matvec", "int.matvec", "int.matvec", "int.matmul"]
