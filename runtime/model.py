@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from quant import TYPES, GGMLType, QMatrix, dequantize
+from quant.matrix import BLAS_MIN_TOKENS
 
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, UnsupportedError
@@ -14,6 +15,10 @@ from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoP
 DEFAULT_MAX_CTX = 4096
 UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
 MATRIX_TYPES = frozenset(TYPES) - {GGMLType.Q8_K}  # Q8_K only quantizes activations
+# Kernel path of the output head. Unset: decode steps use the default path, and the last position of a prompt
+# batch of >= BLAS_MIN_TOKENS tokens (whose layers ran sgemm, float math) uses the float head, so the first
+# sampled token sees the logits LLM.logits() gives. LLAMBA_HEAD_KERNELS=float|int: that path for every call.
+HEAD_PATH = os.environ.get("LLAMBA_HEAD_KERNELS") or None
 
 
 class Weights:
@@ -136,6 +141,10 @@ class Model:
         self.n_vocab = self.tok_embd.n_rows
         self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
         self.output, self.output_bias = c.output(w, self.tok_embd)  # (n_vocab, n_embd), (n_vocab,) or None
+        if HEAD_PATH is not None:  # a view of the same blocks (a tied embedding's lookups do not use the path)
+            self.output = QMatrix(self.output.raw, self.output.qtype, c.n_embd, path=HEAD_PATH)
+        self.batch_output = (self.output if HEAD_PATH is not None  # the head of a long prompt's last position
+                             else QMatrix(self.output.raw, self.output.qtype, c.n_embd, path="float"))
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
 
         ropes = {}  # (base, scaling) -> RoPE, tables shared by the layers that use them
@@ -187,13 +196,13 @@ class Model:
                 layer(b, pos + i, self.cache.k[il], self.cache.v[il])
             if all_logits:
                 self._head(b.x, b.h, logits[i:i + chunk.size])
-        if not all_logits:
-            self._head(b.x[-1:], b.h[:1], logits)
+        if not all_logits:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
+            self._head(b.x[-1:], b.h[:1], logits, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
         return logits if all_logits else logits[0]
 
-    def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
+    def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
-        linear(self.output, self.output_norm(x, tmp), out, self.output_bias)
+        linear(head or self.output, self.output_norm(x, tmp), out, self.output_bias)
         cap = self.config.final_logit_softcap
         if cap:
             out /= cap

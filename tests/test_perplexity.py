@@ -18,7 +18,7 @@ from gguf_reference import reference_model
 
 from runtime.convert.requantize import quantize_gguf
 from runtime.errors import ContextOverflowError, LlambaError
-from runtime.eval.perplexity import perplexity, text_perplexity
+from runtime.eval.perplexity import kernel_path, kl_divergence, perplexity, text_perplexity
 from runtime.gguf import GGUFFile
 from runtime.model import load_model
 from runtime.tokenizer import Tokenizer
@@ -105,6 +105,133 @@ def test_bad_arguments_raise_clear_errors(rng):
         perplexity(model, tokens, 8, n_chunks=0)
 
 
+# ---- KL divergence against the float reference (--kl-divergence) ------------------------------------------------
+
+class _LastTableModel(_TableModel):
+    """_TableModel returning only the last token's logits unless all_logits, as runtime.model.Model does."""
+
+    def forward(self, tokens, pos, all_logits=False):
+        out = super().forward(tokens, pos)
+        return out if all_logits else out[-1]
+
+
+def _reference_kld(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor) -> dict:
+    """llama.cpp's token statistics written independently in torch: logits, ref (m, n_vocab), targets (m,)."""
+    lq, lb = torch.log_softmax(logits.double(), -1), torch.log_softmax(ref.double(), -1)
+    kld = torch.nn.functional.kl_div(lq, lb, log_target=True, reduction="none").sum(-1)  # KL(ref || measured)
+    pick = targets[:, None]
+    dp = lq.exp().gather(-1, pick)[:, 0] - lb.exp().gather(-1, pick)[:, 0]
+    return dict(kld=kld.numpy(), nll=-lq.gather(-1, pick)[:, 0].numpy(), nll_base=-lb.gather(-1, pick)[:, 0].numpy(),
+                dp=dp.numpy(), same=(lq.argmax(-1) == lb.argmax(-1)).numpy())
+
+
+def test_kl_divergence_decodes_the_scored_half_and_matches_torch(rng):
+    n_ctx, n_vocab = 16, 40
+    model, ref = _LastTableModel(n_vocab, 32, rng), _LastTableModel(n_vocab, 32, rng)
+    ref.table = model.table + rng.standard_normal(model.table.shape).astype(np.float32) * 0.5  # a near model
+    tokens = rng.integers(0, n_vocab, 2 * n_ctx + 3)
+    seen = []
+    result = kl_divergence(model, ref, tokens, n_ctx, on_chunk=lambda i, r: seen.append((i, r.kld.size)))
+
+    first = n_ctx // 2
+    chunks = tokens[:2 * n_ctx].reshape(2, n_ctx)
+    # decode: per chunk, the prompt batch chunk[:first + 1] from 0, then one token per call at its position
+    expected_calls = []
+    for c in chunks:
+        expected_calls += [(c[:first + 1], 0)] + [(c[p:p + 1], p) for p in range(first + 1, n_ctx - 1)]
+    assert len(model.calls) == len(expected_calls)
+    for (ids, pos), (want, want_pos) in zip(model.calls, expected_calls, strict=True):
+        assert pos == want_pos and np.array_equal(ids, want)
+    assert [(ids.size, pos) for ids, pos in ref.calls] == [(n_ctx, 0), (n_ctx, 0)]  # reference: whole batches
+
+    scored = slice(first, n_ctx - 1)
+    got = torch.from_numpy(np.concatenate([model.table[c] + model.pos_bias[:n_ctx] for c in chunks]))
+    want = torch.from_numpy(np.concatenate([ref.table[c] + ref.pos_bias[:n_ctx] for c in chunks]))
+    keep = np.concatenate([np.arange(n_ctx)[scored] + i * n_ctx for i in range(2)])
+    targets = torch.from_numpy(np.concatenate([c[first + 1:] for c in chunks]))
+    oracle = _reference_kld(got[keep], want[keep], targets)
+    np.testing.assert_allclose(result.kld, oracle["kld"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(result.nll, oracle["nll"], rtol=1e-9)
+    np.testing.assert_allclose(result.nll_base, oracle["nll_base"], rtol=1e-9)
+    np.testing.assert_allclose(result.p - result.p_base, oracle["dp"], atol=1e-12)
+    assert np.array_equal(result.same_top, oracle["same"]) and 0 < result.same_top.mean() < 1
+    assert result.ppl == pytest.approx(math.exp(oracle["nll"].mean()), rel=1e-12)
+    assert seen == [(1, n_ctx - 1 - first), (2, 2 * (n_ctx - 1 - first))]
+
+    model.calls.clear()
+    batch = kl_divergence(model, ref, tokens, n_ctx, mode="batch")
+    assert [(ids.size, pos) for ids, pos in model.calls] == [(n_ctx, 0), (n_ctx, 0)]
+    np.testing.assert_allclose(batch.kld, result.kld, rtol=1e-6)  # a table model has no kernel paths
+
+
+def test_kl_divergence_bad_arguments(rng, tmp_path, capsys):
+    model, ref = _LastTableModel(20, 32, rng), _LastTableModel(20, 32, rng)
+    tokens = rng.integers(0, 20, 40)
+    with pytest.raises(LlambaError, match="unknown KL divergence mode 'greedy'"):
+        kl_divergence(model, ref, tokens, 16, mode="greedy")
+    with pytest.raises(LlambaError, match="measured model has 20 tokens and the reference 21"):
+        kl_divergence(model, _LastTableModel(21, 32, rng), tokens, 16)
+    with pytest.raises(ContextOverflowError, match="n_ctx >= 64"):
+        kl_divergence(model, ref, np.tile(tokens, 4), 64)
+    with pytest.raises(LlambaError, match="needs at least 32"):
+        kl_divergence(model, ref, tokens[:30], 32)
+    with pytest.raises(LlambaError, match="unknown kernel path 'fast'"):
+        with kernel_path("fast"):
+            pass
+    tool = _tool()
+    assert tool.main(["-f", str(TEXT_PATH), "--kernels", "int"]) == 1
+    assert "apply to --kl-divergence only" in capsys.readouterr().err
+    for bad in (["--kl-mode", "greedy"], ["--kernels", "fast"]):
+        with pytest.raises(SystemExit) as e:
+            tool.main(["-f", str(TEXT_PATH), "--kl-divergence", *bad])
+        assert e.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+KL_CTX = 40  # 21 tokens of prompt batch (sgemm), then 18 decoded one at a time (the integer matvec kernels)
+
+
+def _stat(out: str, label: str) -> float:
+    return float(re.search(re.escape(label) + r"\s*:\s*(-?[\d.]+)", out).group(1))
+
+
+def test_tool_kl_divergence_of_int_decode_against_float_reference(model_path, capsys):
+    """SmolLM2's integer decode path against its float path, checked against torch over logits computed here:
+    the float model's chunk as one batch, the integer model's prompt batch then one token per call."""
+    path = model_path("smollm2-135m-instruct")
+    rc = _tool().main(["-m", str(path), "-f", str(TEXT_PATH), "-c", str(KL_CTX), "--chunks", "1",
+                       "--kl-divergence", "--kernels", "int"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "int kernels (prompt batch of 21 tokens, then 18 tokens decoded one at a time) against the float " \
+           "reference" in out
+
+    with GGUFFile(path) as g:
+        tokenizer = Tokenizer.from_gguf(g.metadata)
+    ids = np.array(tokenizer.encode(TEXT_PATH.read_text(encoding="utf-8"), special=False)[:KL_CTX])
+    with kernel_path("float"):
+        ref = load_model(path, n_ctx=KL_CTX).forward(ids, 0, all_logits=True)  # (KL_CTX, n_vocab)
+    with kernel_path("int"):
+        model = load_model(path, n_ctx=KL_CTX)
+    assert {layer.w.wq.path for layer in model.layers} == {"int"}
+    first = KL_CTX // 2
+    got = [model.forward(ids[:first + 1], 0)] + [model.forward(ids[p:p + 1], p) for p in range(first + 1, KL_CTX - 1)]
+    oracle = _reference_kld(torch.from_numpy(np.stack(got)), torch.from_numpy(ref[first:KL_CTX - 1]),
+                            torch.from_numpy(ids[first + 1:]))
+    kld, dp = oracle["kld"], oracle["dp"]
+    assert 1e-5 < kld.mean() < 0.05  # the 8-bit activations move the distribution, a little
+    assert _stat(out, "Mean    KLD") == pytest.approx(kld.mean(), rel=1e-3, abs=2e-6)
+    assert _stat(out, "Maximum KLD") == pytest.approx(kld.max(), rel=1e-3, abs=2e-6)
+    assert _stat(out, "Median  KLD") == pytest.approx(np.median(kld), rel=1e-3, abs=2e-6)
+    assert _stat(out, "Same top p") == pytest.approx(100 * oracle["same"].mean(), abs=1e-3)
+    assert _stat(out, "RMS Δp    ") == pytest.approx(100 * math.sqrt((dp * dp).mean()), abs=1e-3)
+    assert _stat(out, "Mean PPL(Q)                   ") == pytest.approx(math.exp(oracle["nll"].mean()), rel=1e-5)
+    assert _stat(out, "Mean PPL(base)                ") == pytest.approx(math.exp(oracle["nll_base"].mean()),
+                                                                          rel=1e-5)
+    chunk_row = re.search(r"^\s+1\s+([\d.]+) ±", out, re.M)
+    assert float(chunk_row.group(1)) == pytest.approx(math.exp(oracle["nll"].mean()), rel=1e-4)
+
+
 # ---- the real SmolLM2 against transformers, through the command-line tool ----------------------------------------
 
 SMOL_CTX, SMOL_CHUNKS = 256, 2
@@ -172,3 +299,45 @@ def test_requantized_real_model_keeps_perplexity(model_path, tmp_path):
            for name, p in [("orig", src), ("q8_0", q8), ("q4_k_m", q4)]}
     assert abs(ppl["q8_0"] / ppl["orig"] - 1) < 0.01, ppl
     assert abs(ppl["q4_k_m"] / ppl["orig"] - 1) < 0.05, ppl
+
+
+# ---- the output head's kernel path (issue 10: the logits generation samples from) ---------------------------------
+
+class _Spy:
+    """Records which head a forward multiplies with, and how."""
+
+    def __init__(self, m, name: str, log: list):
+        self.m, self.name, self.log = m, name, log
+
+    def matvec(self, x, out=None):
+        self.log.append(f"{self.name}.matvec")
+        return self.m.matvec(x, out=out)
+
+    def matmul(self, X, out=None):
+        self.log.append(f"{self.name}.matmul")
+        return self.m.matmul(X, out=out)
+
+
+def test_prompt_head_follows_the_batch_path_and_decode_stays_int(model_path):
+    """On the int path, decode steps take the int head; the last position of a prompt batch of >= 16 tokens (whose
+    layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives."""
+    import quant.matrix
+
+    path = model_path("smollm2-135m-instruct")
+    with kernel_path("int"):
+        model = load_model(path, n_ctx=64)
+    assert model.output.path == "int" and model.batch_output.path == "float"
+    assert model.output.raw is model.batch_output.raw or np.shares_memory(model.output.raw, model.batch_output.raw)
+    n = quant.matrix.BLAS_MIN_TOKENS + 4
+    ids = np.arange(1000, 1000 + n + 1)
+    full = model.forward(ids[:n], 0, all_logits=True)  # (n, n_vocab): sgemm throughout, head included
+    last = model.forward(ids[:n], 0)  # what generation samples its first token from
+    np.testing.assert_allclose(last, full[-1], atol=2e-3)  # float32 rounding only (measured 3e-5 on a chat prompt)
+
+    log = []
+    model.output, model.batch_output = _Spy(model.output, "int", log), _Spy(model.batch_output, "float", log)
+    model.forward(ids[:n], 0)
+    model.forward(ids[n:n + 1], n)  # a decode step
+    model.forward(ids[:5], 0)  # a short prompt: its layers ran the int kernels, so does its head
+    model.forward(ids[:n], 0, all_logits=True)
+    assert log == ["float.matvec", "int.matvec", "int.matvec", "int.matmul"]
