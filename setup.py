@@ -21,6 +21,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            "scipy",  # numba's np.dot needs it: tests/test_startup.py checks numba's BLAS beside llamba (not needed)
             "hypothesis>=6",
             "torch==2.13.0",
             "transformers>=4.46",
