@@ -9,6 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["runtime", "runtime.*", "quant", "quant.*"]),
+    package_data={"runtime": ["py.typed"], "quant": ["py.typed"]},  # PEP 561: both packages carry type hints
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",

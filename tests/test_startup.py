@@ -220,3 +220,39 @@ def test_source_hash_covers_subpackages_by_relative_path(tmp_path):
     (pkg / "data.txt").write_text("")
     assert jit_stamp.source_hash(pkg) == h
 
+
+# A cold kernel cache of its own: the model's warm-up compiles every kernel (with its progress), after which
+# a short prompt, a long one (the sgemm path, as a chat's), decoding and all-token logits compile nothing.
+WARMUP_CHILD = """
+import json, sys
+from quant.jit import cache
+from runtime import LLM
+llm = LLM("smollm2-135m-instruct", n_ctx=128)
+after_warmup = cache.compiles()
+llm.generate("The capital of France is", 3, temperature=0)
+llm.generate("Once upon a time, " * 6, 3, temperature=0)
+llm.logits(llm.tokenize("Hello there"))
+print(json.dumps({"warmup": llm.kernels_compiled, "later": cache.compiles() - after_warmup}))
+"""
+
+
+def test_warmup_compiles_every_kernel_up_front(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path / "numba"), LLAMBA_KERNELS="int")  # the default path, cold
+
+    def run() -> tuple[dict, str]:
+        p = subprocess.run([sys.executable, "-c", WARMUP_CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=900)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+
+    cold, err = run()
+    assert cold["warmup"] > 0 and cold["later"] == 0
+    progress = [line for line in err.splitlines() if line.startswith("llamba: compiling kernels")]
+    done = [tuple(map(int, line.rsplit(" ", 1)[1].split("/"))) for line in progress]  # (k, N), plain lines
+    assert len(done) >= 2 and done[-1][0] == done[-1][1] and done == sorted(done), err
+    assert jit_cache.MESSAGE not in err  # the progress replaces the one-line message
+
+    warm, err = run()
+    assert warm == {"warmup": 0, "later": 0}
+    assert "compiling" not in err  # a warm cache: silent
