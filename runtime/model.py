@@ -233,6 +233,9 @@ class Model:
         each step; never when every kernel comes from the cache. Returns the number of kernel compilations."""
         from quant.jit import cache as jit_cache
 
+        marker = self._warm_marker()
+        if marker is not None and marker.exists():
+            return 0  # this model's kernels were all compiled and cached for these sources, numba and CPU
         steps = self._warmup_steps()
         done, shown, start = 0, False, jit_cache.compiles()
 
@@ -248,7 +251,45 @@ class Model:
                 done += 1
                 if shown:
                     progress(done, len(steps))
+        if marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("")
+            except OSError:
+                pass  # a read-only cache: warm up every time
         return jit_cache.compiles() - start
+
+    def _warm_marker(self):
+        """A file in quant's kernel cache directory whose presence says a warm-up of a model with this model's kinds
+        of matrices and layers completed for the same quant and runtime sources, numba and CPU (so every kernel it
+        needs is cached, and the next warm-up is skipped: the kernels load on first use, as they would anyway).
+        The stamp refresh (quant.jit.stamp) deletes markers with the kernels; None when there is no cache."""
+        import hashlib
+        from pathlib import Path
+
+        import llvmlite.binding as llvm
+        import numba
+
+        import quant
+        from quant.jit import stamp
+
+        if numba.config.DISABLE_JIT:
+            return None
+        try:
+            quant_dir = Path(quant.__file__).parent
+            d = stamp.cache_dir(quant_dir)
+            h = hashlib.sha256((d / stamp.STAMP).read_bytes())  # quant's sources, as the kernels were built
+            runtime_dir = Path(__file__).parent
+            for f in sorted(runtime_dir.rglob("*.py")):  # runtime's own kernels (layers.py, ...)
+                h.update(f.relative_to(runtime_dir).as_posix().encode() + b"\0" + f.read_bytes())
+        except OSError:
+            return None
+        kinds = sorted({repr((int(m.qtype), m.path)) for m in [self.tok_embd, self.output, self.pos_embd,
+                        *(m for layer in self.layers for m in _matrices(layer.w))] if m is not None})
+        layers = sorted({repr(_kind(layer)) for layer in self.layers})
+        h.update(repr((kinds, layers, self.pos_embd is None, self.output_bias is None, self.embd_norm is None,
+                       numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())).encode())
+        return d / f"warm-{h.hexdigest()[:24]}{stamp.WARM_SUFFIX}"
 
     def _warmup_steps(self) -> list:
         """Callables, cheapest first, that together run every kernel of the forward pass (see warmup)."""

@@ -253,6 +253,13 @@ def test_warmup_compiles_every_kernel_up_front(tmp_path):
     assert len(done) >= 2 and done[-1][0] == done[-1][1] and done == sorted(done), err
     assert jit_cache.MESSAGE not in err  # the progress replaces the one-line message
 
+    markers = list((tmp_path / "numba").rglob("*.warm"))
+    assert len(markers) == 1  # this model's warm-up completed: the next one is skipped
+
     warm, err = run()
     assert warm == {"warmup": 0, "later": 0}
     assert "compiling" not in err  # a warm cache: silent
+
+    markers[0].unlink()  # the full warm-up on a warm cache: every kernel loads, none compiles
+    warm, err = run()
+    assert warm == {"warmup": 0, "later": 0} and "compiling" not in err

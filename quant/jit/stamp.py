@@ -17,6 +17,7 @@ from pathlib import Path
 from numba.core import config
 
 STAMP = "llamba-kernels.stamp"
+WARM_SUFFIX = ".warm"  # markers of completed model warm-ups (runtime.model), dropped with the kernels
 
 
 def sources(package: Path) -> list[Path]:
@@ -54,7 +55,7 @@ def refresh(package: Path) -> None:
         pass
     try:
         for d in sorted({cache_dir(f.parent) for f in sources(package)}):
-            for f in [*d.glob("*.nbi"), *d.glob("*.nbc")]:
+            for f in [*d.glob("*.nbi"), *d.glob("*.nbc"), *d.glob("*" + WARM_SUFFIX)]:
                 f.unlink()
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(stamp)
