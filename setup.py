@@ -9,6 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["runtime", "runtime.*", "quant", "quant.*"]),
+    package_data={"runtime": ["py.typed"], "quant": ["py.typed"]},  # PEP 561: both packages carry type hints
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
@@ -21,6 +22,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            "scipy",  # numba's np.dot needs it: tests/test_startup.py checks numba's BLAS beside llamba (not needed)
             "hypothesis>=6",
             "torch==2.13.0",
             "transformers>=4.46",

@@ -3,7 +3,7 @@
 Knows nothing of transformers: only blocks, rows and matrices.
 """
 
-from . import blas_probe, jit_cache  # noqa: F401  set up numba (on import) before any kernel is decorated
+from . import jit  # noqa: F401  set up numba (on import) before any kernel is decorated
 from .dequant import dequantize
 from .matrix import QMatrix
 from .quantize import quantize

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from . import registry
 from .errors import LlambaError
@@ -40,6 +41,8 @@ def _sampling_options(p: argparse.ArgumentParser):
     p.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
     p.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="STOP",
                    help="stop when this text is generated (repeatable)")
+    p.add_argument("-sp", "--special", action="store_true",
+                   help="print special tokens (e.g. <|im_end|>, <start_of_image>) as text (default: left out)")
 
 
 def _sampling_params(args):
@@ -56,13 +59,17 @@ def _sampling_params(args):
 
 def _load(args):
     from .llm import LLM  # imported lazily: `llamba list`/`pull` start without numba
-    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, special=args.special)
 
 
 def _summary(llm) -> str:
+    """The stats line; speeds exclude load, warm-up and any kernel compilation (timed apart)."""
     s = llm.last_stats
-    return (f"load {llm.load_seconds:.2f} s | prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | "
-            f"generation {s.n_generated} tokens, {s.generate_tps:.1f} tok/s | stop: {s.stop_reason}")
+    w = llm.warmup_seconds
+    warm = f"compiled kernels {w:.1f} s" if llm.kernels_compiled else f"warm-up {w:.2f} s"
+    late = f" (+{s.compile_seconds:.1f} s compiling, not counted)" if s.compile_seconds >= 0.05 else ""
+    return (f"load {llm.load_seconds:.2f} s, {warm} | prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | "
+            f"generation {s.n_generated} tokens, {s.generate_tps:.1f} tok/s{late} | stop: {s.stop_reason}")
 
 
 def _emit(stream, pieces: list):
@@ -117,8 +124,14 @@ def _add_chat(sub):
 
 
 def _cmd_chat(args) -> int:
+    from .llm import NoChatTemplateWarning
+
     params = _sampling_params(args)
     llm = _load(args)
+    if not llm.tokenizer.chat_template:
+        warnings.simplefilter("ignore", NoChatTemplateWarning)  # said once here, in the CLI's words
+        print(f"warning: {llm.path.name} has no chat template, so it is probably a base (not instruction-tuned) "
+              "model: replies use ChatML, which it may not follow; try `llamba run -p ...`", file=sys.stderr)
     interactive = sys.stdin.isatty()
     history = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
     if interactive:
@@ -173,12 +186,14 @@ def _add_list(sub):
 
 def _cmd_list(args) -> int:
     cached = dict(registry.cached())
-    print(f"{'NAME':<34} {'SIZE':>9}  STATUS")
+    print(f"{'NAME':<34} {'KIND':<8} {'SIZE':>9}  STATUS")
     for name, m in registry.MODELS.items():
         path = cached.get(m)
         status = f"cached  {path}" if path else "not cached (llamba pull " + name + ")"
         default = " (default)" if name == registry.DEFAULT_MODEL else ""
-        print(f"{name + default:<34} {m.size / 1e6:>6.1f} MB  {status}")
+        print(f"{name + default:<34} {m.kind:<8} {m.size / 1e6:>6.1f} MB  {status}")
+    print("base: a pretrained model that continues text (`llamba run`); instruct: tuned to follow a chat template "
+          "(`llamba chat`)")
     return 0
 
 
@@ -192,14 +207,15 @@ PLUGINS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the options of a plugin command are loaded only when it is `command`."""
+def build_parser(command: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the options of a plugin command are loaded only when it is `command`. `prog`: the name the
+    command's usage and errors show (a tools/ script's own), instead of `llamba COMMAND`."""
     parser = argparse.ArgumentParser(prog="llamba", description="CPU-first quantized LLM inference (GGUF models)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
     for name, (module_name, entry, help_text) in PLUGINS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, **({"prog": prog} if prog and name == command else {}))
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
@@ -207,9 +223,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
+    """`llamba` with `argv`; `prog` names a tools/ script that runs one plugin command (see build_parser)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None), prog).parse_args(argv)
     try:
         return args.func(args)
     except LlambaError as e:

@@ -3,7 +3,11 @@
 Stop conditions: an end-of-generation token (never emitted), max_tokens, a stop string (never emitted;
 a partial match is held back while streaming), a full context, or a cancellation handle set by
 another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
-characters split across tokens are never broken.
+characters split across tokens are never broken; special tokens (control tokens, tag-like user-defined ones)
+are left out of the text unless `special=True` (llama.cpp's `--special`).
+
+The speed figures exclude kernel compilation (quant.jit.cache.compile_seconds): a model's warm-up compiles its
+kernels before the first token, and any kernel compiled later is not counted as prompt or generation time.
 """
 
 import time
@@ -12,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from quant.jit import cache as jit_cache
 
 from .errors import ContextOverflowError, LlambaError
 from .sampling import Sampler
@@ -27,6 +33,7 @@ class GenerationStats:
     n_generated: int = 0
     prompt_seconds: float = 0.0
     generate_seconds: float = 0.0  # sampling + decode forwards, not the consumer's time
+    compile_seconds: float = 0.0  # kernel compilation during this generation, left out of the two above
     stop_reason: str = ""  # "eog", "stop", "length", "context", "cancelled" or "closed"
     tokens: list = field(default_factory=list)  # generated ids (an end-of-generation token excluded)
 
@@ -124,25 +131,27 @@ class StopMatcher:
 
 
 def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int | None, sampler: Sampler,
-             stop: Sequence[str] = (), cancel=None, stats: GenerationStats | None = None) -> Iterator[str]:
+             stop: Sequence[str] = (), cancel=None, stats: GenerationStats | None = None,
+             special: bool = False) -> Iterator[str]:
     """Yield text pieces of the continuation of `prompt_ids`.
 
     max_tokens None (or < 0) runs until an end-of-generation token or a full context. `cancel` is any
     object with `is_set()` (e.g. threading.Event), checked before every token (the prompt batch runs
     uninterrupted). Raises ContextOverflowError at the first next(), before any work, when the prompt does
-    not fit in the context.
+    not fit in the context. special: print special tokens as their text.
     """
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(prompt_ids)
     ctx.check_fits(len(prompt_ids))
     limit = float("inf") if max_tokens is None or max_tokens < 0 else max_tokens
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), jit_cache.compile_seconds()
     logits, stats.n_reused = ctx.eval(prompt_ids)
-    stats.prompt_seconds = time.perf_counter() - start
+    stats.compile_seconds = jit_cache.compile_seconds() - compiled
+    stats.prompt_seconds = time.perf_counter() - start - stats.compile_seconds
 
     history = list(prompt_ids)
     eog = set(tokenizer.eog_ids)
-    decoder = StreamDecoder(tokenizer)
+    decoder = StreamDecoder(tokenizer, skip_special=not special)
     matcher = StopMatcher(stop)
     stats.stop_reason = "closed"
     clock = _BusyClock(stats)
@@ -185,18 +194,25 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
 
 
 class _BusyClock:
-    """Adds the generator's own running time (not the time the consumer holds a yielded piece) to stats."""
+    """Adds the generator's own running time (not the time the consumer holds a yielded piece, nor kernel
+    compilation) to stats."""
 
     def __init__(self, stats: GenerationStats):
-        self.stats, self.since = stats, time.perf_counter()
+        self.stats = stats
+        self._start()
+
+    def _start(self):
+        self.since, self.compiled = time.perf_counter(), jit_cache.compile_seconds()
 
     def stop(self):
         if self.since is not None:
-            self.stats.generate_seconds += time.perf_counter() - self.since
+            compiled = jit_cache.compile_seconds() - self.compiled
+            self.stats.compile_seconds += compiled
+            self.stats.generate_seconds += time.perf_counter() - self.since - compiled
             self.since = None
 
     @contextmanager
     def paused(self):
         self.stop()
         yield
-        self.since = time.perf_counter()
+        self._start()

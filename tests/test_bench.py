@@ -92,6 +92,18 @@ def test_report_json(report, model_path):
     assert results[1]["bw_bound_ts"] == pytest.approx(out["bandwidth_gbps"]["1"] * 1e9 / out["bytes_per_token"])
 
 
+def test_cli_stdout_is_the_table_only(capsys):
+    # `llamba bench > table.md` must hold the table: per-test progress (and compile progress) go to stderr
+    assert cli.main(["bench", "-m", SMOL, "-p", "8", "-n", "2", "-r", "1", "-t", "1"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0].startswith("| model |") and lines[1].startswith("|---|")
+    table = lines[:lines.index("")]
+    assert len(table) == 4 and all(line.startswith("|") and line.endswith("|") for line in table)
+    assert all(line.startswith(("llamba (", "1 repetitions")) for line in lines[len(table) + 1:]), out
+    assert "llamba 1T pp8:" in err and "llamba 1T tg2:" in err and "t/s" not in out.replace("| t/s |", "")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["-p", "abc"], "-p must be a comma-separated list"),
     (["-p", "0", "-n", "0"], "no test to run"),

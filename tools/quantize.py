@@ -9,7 +9,7 @@ from runtime.cli import main as llamba
 
 
 def main(argv=None) -> int:
-    return llamba(["quantize", *(sys.argv[1:] if argv is None else argv)])
+    return llamba(["quantize", *(sys.argv[1:] if argv is None else argv)], prog="python tools/quantize.py")
 
 
 if __name__ == "__main__":

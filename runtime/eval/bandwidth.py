@@ -13,6 +13,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+import quant.jit  # noqa: F401  numba's cache directory and start-up settings, before a kernel here is decorated
+
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _slice_sum(a):

@@ -102,6 +102,7 @@ class LlambaEngine:
     name = "llamba"
 
     def __init__(self, path, n_ctx: int, threads: int):
+        from ..llm import CompileProgress
         from ..model import load_model
 
         self.version = importlib.metadata.version("llamba")
@@ -109,6 +110,8 @@ class LlambaEngine:
         t0 = time.perf_counter()
         self.model = load_model(path, n_ctx)
         self.load_seconds = time.perf_counter() - t0
+        # every kernel compiled (progress on stderr) or loaded now: no compilation in the timed runs or the TTFT
+        self.model.warmup(progress=CompileProgress())
 
     def set_threads(self, n: int):
         from ..threads import check_threads, set_threads
@@ -324,6 +327,7 @@ def main(args) -> int:
     threads = int_list(args.threads, "-t", 1) if args.threads else [numba.config.NUMBA_NUM_THREADS]
     tests = plan(int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n"),
                  int_list(args.ctx_depth, "--ctx-depth") if args.ctx_depth else [])
+    # stdout: the table (or JSON) only; progress, compile progress and llama.cpp's messages go to stderr
     rep = run_bench(resolve_model(args.model), tests, threads, args.repetitions, args.compare,
                     args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(json.dumps(as_json(rep), indent=1) if args.json else markdown(rep))
