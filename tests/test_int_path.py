@@ -18,8 +18,10 @@ from runtime.model import load_model
 
 MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
 # against transformers (float weights) over the 73-78 teacher-forced tokens: argmax agreement and min Pearson, the
-# bounds a little under what both llamba's integer path and llama.cpp reach (see test_as_close_..._as_llama_cpp)
-AGREE_MIN, CORR_MIN = 0.95, 0.999
+# bounds a little under what both llamba's integer path and llama.cpp reach. Measured (llamba int / llama.cpp):
+# SmolLM2 0.973 / 0.945 and 0.99910 / 0.99918, Qwen2.5-0.5B 1.000 / 1.000 and 0.99890 / 0.99896, Gemma 3 0.932 /
+# 0.959 and 0.99898 / 0.99897.
+AGREE_MIN, CORR_MIN = 0.92, 0.998
 
 
 def _pearson_min(a, b) -> float:
@@ -32,12 +34,16 @@ def case(request, model_path):
     ids = reference_tokenizer(path)(TEXT, return_tensors="pt").input_ids  # (1, n)
     with torch.no_grad():
         ref = reference_model(path)(ids).logits[0].numpy()  # (n, n_vocab)
+    ids = ids[0].numpy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quant.matrix, "DEFAULT_PATH", "int")
         model = load_model(path, n_ctx=256)
+        # a batch of >= BLAS_MIN_TOKENS tokens multiplies dequantized tiles with sgemm (float math on either path):
+        # raised here, so that the prompt pass runs the integer matrix kernels, as short prompts do
+        mp.setattr(quant.matrix, "BLAS_MIN_TOKENS", len(ids) + 1)
+        ours = model.forward(ids, 0, all_logits=True)  # (n, n_vocab)
     assert {layer.w.wq.path for layer in model.layers} == {"int"}
-    ids = ids[0].numpy()
-    return path, model, ids, ref, model.forward(ids, 0, all_logits=True)  # ours: (n, n_vocab)
+    return path, model, ids, ref, ours
 
 
 def _metrics(a, b) -> tuple:
@@ -79,4 +85,4 @@ def test_decoding_matches_prompt_pass(case):
     steps = np.stack([model.forward(ids[i:i + 1], i) for i in range(n, len(ids))])  # (16, n_vocab)
     agree, corr = _metrics(steps, full[n:])
     print(f"decoding vs batch: argmax agreement {agree:.3f}, min Pearson {corr:.5f}")
-    assert agree >= 0.8 and corr >= 0.999
+    assert agree >= 0.8 and corr >= 0.998  # measured: 1.000 and 0.99859-0.99929
