@@ -80,6 +80,12 @@ def scored_positions(n_ctx: int) -> slice:
     return slice(n_ctx // 2, n_ctx - 1)
 
 
+def _check_fits(model, n_ctx: int) -> None:
+    if n_ctx > model.n_ctx:
+        raise ContextOverflowError(f"perplexity chunks of {n_ctx} tokens do not fit the model's context of "
+                                   f"{model.n_ctx} tokens (load the model with n_ctx >= {n_ctx})")
+
+
 def _ppl_and_stderr(nll: np.ndarray) -> tuple:
     mean = float(nll.mean())
     ppl = math.exp(mean)
@@ -94,9 +100,7 @@ def perplexity(model, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks: int | None =
 
     bos_id: the BOS id if the model adds one (each chunk then starts with it), else None.
     on_chunk(i, running_ppl) is called after chunk i (1-based), as llama.cpp prints `[i]ppl,`."""
-    if n_ctx > model.n_ctx:
-        raise ContextOverflowError(f"perplexity chunks of {n_ctx} tokens do not fit the model's context of "
-                                   f"{model.n_ctx} tokens (load the model with n_ctx >= {n_ctx})")
+    _check_fits(model, n_ctx)
     chunks = chunk_tokens(tokens, n_ctx, n_chunks, bos_id)  # (n_chunks, n_ctx)
     scored = scored_positions(n_ctx)
     originals = np.asarray(tokens, dtype=np.int64)
@@ -277,9 +281,7 @@ def kl_divergence(model, reference, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks
     if model.n_vocab != reference.n_vocab:
         raise LlambaError(f"the measured model has {model.n_vocab} tokens and the reference {reference.n_vocab}")
     for m in (model, reference):
-        if n_ctx > m.n_ctx:
-            raise ContextOverflowError(f"perplexity chunks of {n_ctx} tokens do not fit the model's context of "
-                                       f"{m.n_ctx} tokens (load the model with n_ctx >= {n_ctx})")
+        _check_fits(m, n_ctx)
     chunks = chunk_tokens(tokens, n_ctx, n_chunks, bos_id)  # (n_chunks, n_ctx)
     scored = scored_positions(n_ctx)
     originals = np.asarray(tokens, dtype=np.int64)
