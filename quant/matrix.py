@@ -97,7 +97,7 @@ class QMatrix:
         direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
         y = out if direct else np.empty(self.n_rows, np.float32)
         if self._int:
-            kernels_int.matvec_many((self.raw,), (int(self.qtype),), x, (y,))
+            _matvec_many((self.raw,), (int(self.qtype),), x, (y,))
             return y if direct else _deliver(y, out)
         xsum = kernels_float.sub_sums(x, self._sub)
         kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
@@ -116,6 +116,17 @@ class QMatrix:
         else:
             kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
         return Y if direct else _deliver(Y, out)
+
+
+_NO_ROWS = _readonly(np.empty((0, 1), np.uint8)), np.empty(0, np.float32)  # an unused slot of a group
+
+
+def _matvec_many(raws: tuple, codes: tuple, x: np.ndarray, ys: tuple) -> None:
+    """kernels_int.matvec_many over up to GROUP matrices at a time, the slots left padded with no rows."""
+    for i in range(0, len(raws), kernels_int.GROUP):
+        r, c, y = raws[i:i + kernels_int.GROUP], codes[i:i + kernels_int.GROUP], ys[i:i + kernels_int.GROUP]
+        pad = kernels_int.GROUP - len(r)
+        kernels_int.matvec_many(r + (_NO_ROWS[0],) * pad, c + (c[0],) * pad, x, y + (_NO_ROWS[1],) * pad)
 
 
 class MatvecGroup:
@@ -137,4 +148,4 @@ class MatvecGroup:
         for m, y in zip(self.mats, outs, strict=True):
             if y.dtype != np.float32 or y.shape != (m.n_rows,) or not y.flags.c_contiguous:
                 raise ValueError(f"out must be float32 of shape ({m.n_rows},), contiguous; got {y.dtype} {y.shape}")
-        kernels_int.matvec_many(self.raws, self.codes, x, tuple(outs))
+        _matvec_many(self.raws, self.codes, x, tuple(outs))

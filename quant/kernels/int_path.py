@@ -24,10 +24,14 @@ def _is_k(code):
             or code == GGMLType.Q6_K)
 
 
+GROUP = 3  # matvec_many always takes this many matrices (Q, K, V; unused slots hold 0 rows): one compiled
+# signature for a single matrix, up + gate and Q + K + V (numba compiles a parallel kernel per tuple length, ~8 s each)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def matvec_many(raws, codes, x, ys):
-    """ys[m] (n_rows_m,) = W_m x for weight matrices raws[m] (n_rows_m, row_bytes_m) of GGMLType codes[m] that
-    share the input x (n,): x is quantized once per activation type, and one parallel loop covers every row."""
+    """ys[m] (n_rows_m,) = W_m x for the GROUP weight matrices raws[m] (n_rows_m, row_bytes_m) of GGMLType codes[m]
+    that share the input x (n,): x is quantized once per activation type, and one parallel loop covers every row."""
     n, n_mats = x.shape[0], len(raws)
     X = x.reshape((1, n))
     qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // QK), np.float32), np.empty((1, n // 16), np.int32)
