@@ -11,7 +11,8 @@ imports this package.
 """
 
 from ..errors import ConvertError
-from .hf_to_gguf import ConvertResult, convert, find_architecture
+from .hf_to_gguf import convert, find_architecture
 from .requantize import quantize_gguf
+from .writer import WriteResult
 
-__all__ = ["ConvertError", "ConvertResult", "convert", "find_architecture", "quantize_gguf"]
+__all__ = ["ConvertError", "WriteResult", "convert", "find_architecture", "quantize_gguf"]

@@ -8,8 +8,6 @@ checked (none missing, none extra, shapes as config.json says) before anything i
 
 import json
 import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +20,15 @@ from .plan import TypeChooser, scheme
 from .vocab import vocab_metadata
 from .writer import (
     PlannedTensor,
+    WriteResult,
     check_target,
     encode,
+    finish,
     general_metadata,
-    plan_table,
-    report_notes,
-    summary,
     typed,
-    write_gguf,
 )
 
-__all__ = ["ConvertError", "ConvertResult", "convert", "find_architecture"]
-
-
-@dataclass
-class ConvertResult:
-    path: Path | None  # None for a dry run
-    tensors: list  # PlannedTensor
-    notes: list  # type fallbacks
-    summary: str
+__all__ = ["ConvertError", "convert", "find_architecture"]
 
 
 def read_config(model_dir: Path) -> dict:
@@ -120,10 +108,9 @@ def _gguf_tensors(expected: dict) -> list:
 
 
 def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = False, dry_run: bool = False,
-            progress=None, log=None) -> ConvertResult:
+            progress=None, log=None) -> WriteResult:
     """Convert model_dir to GGUF. outfile defaults to `<model_dir>/<name>-<outtype>.gguf`.
     log(str) receives the plan (dry run; default stdout), fallback notes and the summary (default stderr)."""
-    say = log or (lambda s: print(s, file=sys.stderr))
     model_dir = Path(model_dir)
     s = scheme(outtype)
     cfg = read_config(model_dir)
@@ -146,15 +133,7 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
     for gguf_name, shape, parts in by_gguf:
         qtype, note = chooser.choose(gguf_name, shape)
         tensors.append(PlannedTensor(gguf_name, tuple(shape), qtype, _producer(ckpt, parts, qtype), note))
-    notes = [t.note for t in tensors if t.note]
-    text = summary(tensors)
-    if dry_run:
-        (log or print)(plan_table(tensors))
-        return ConvertResult(None, tensors, notes, text)
-    report_notes(tensors, say)
-    write_gguf(out, arch, metadata, tensors, force=force, progress=progress)
-    say(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB): {text}")
-    return ConvertResult(out, tensors, notes, text)
+    return finish(out, arch, metadata, tensors, dry_run=dry_run, force=force, progress=progress, log=log)
 
 
 def add_arguments(p):

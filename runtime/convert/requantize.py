@@ -8,8 +8,6 @@ Metadata is copied except `general.file_type` / `quantization_version` / `alignm
 integers are written as uint32 (int32 if negative) and floats as float32, numeric arrays keep their type.
 """
 
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from quant import GGMLType, dequantize
@@ -19,26 +17,16 @@ from ..gguf import GGUFFile
 from .plan import FLOAT_TYPES, TypeChooser, quantizable, scheme
 from .writer import (
     PlannedTensor,
+    WriteResult,
     check_target,
     encode,
+    finish,
     general_metadata,
-    plan_table,
-    report_notes,
-    summary,
     typed,
-    write_gguf,
 )
 
 _REPLACED = ("general.architecture", "general.name", "general.file_type", "general.quantization_version",
              "general.alignment")
-
-
-@dataclass
-class QuantizeResult:
-    path: Path | None  # None for a dry run
-    tensors: list  # PlannedTensor
-    notes: list
-    summary: str
 
 
 def _producer(t, qtype):
@@ -53,10 +41,9 @@ def _producer(t, qtype):
 
 
 def quantize_gguf(src, dst, outtype: str, *, allow_requantize: bool = False, force: bool = False,
-                  dry_run: bool = False, progress=None, log=None) -> QuantizeResult:
+                  dry_run: bool = False, progress=None, log=None) -> WriteResult:
     """Write src's tensors in outtype (a type or mix) to dst; dst may be src itself with force.
     log(str) receives the plan (dry run; default stdout), fallback notes and the summary (default stderr)."""
-    say = log or (lambda s: print(s, file=sys.stderr))
     s = scheme(outtype)
     src, dst = Path(src), Path(dst)
     if not dry_run:
@@ -76,17 +63,9 @@ def quantize_gguf(src, dst, outtype: str, *, allow_requantize: bool = False, for
                 raise ConvertError(f"{src}: tensor {name!r} is already quantized ({t.qtype.name}); re-quantizing "
                                    f"to {qtype.name} loses quality (use --allow-requantize to do it anyway)")
             tensors.append(PlannedTensor(name, t.shape, GGMLType(qtype), _producer(t, qtype), note))
-        notes = [t.note for t in tensors if t.note]
-        text = summary(tensors)
-        if dry_run:
-            (log or print)(plan_table(tensors))
-            return QuantizeResult(None, tensors, notes, text)
         metadata = [typed(k, v) for k, v in md.items() if k not in _REPLACED]
         metadata += general_metadata(md.get("general.name", src.stem), s.file_type)
-        report_notes(tensors, say)
-        write_gguf(dst, arch, metadata, tensors, force=force, progress=progress)
-    say(f"wrote {dst} ({dst.stat().st_size / 2**20:.2f} MiB): {text}")
-    return QuantizeResult(dst, tensors, notes, text)
+        return finish(dst, arch, metadata, tensors, dry_run=dry_run, force=force, progress=progress, log=log)
 
 
 def add_arguments(p):

@@ -159,3 +159,27 @@ def summary(tensors: list) -> str:
     n_bytes, n_el = sum(t.nbytes for t in tensors), sum(t.n_elements for t in tensors)
     return (f"{len(tensors)} tensors, {n_el / 1e6:.2f} M weights, {n_bytes / 2**20:.2f} MiB of tensor data, "
             f"{8 * n_bytes / max(n_el, 1):.2f} bits/weight")
+
+
+@dataclass
+class WriteResult:
+    path: Path | None  # None for a dry run
+    tensors: list  # PlannedTensor
+    notes: list  # type fallbacks
+    summary: str
+
+
+def finish(out: Path, arch: str, metadata: list, tensors: list, *, dry_run: bool, force: bool, progress,
+           log) -> WriteResult:
+    """The end of convert and quantize: a dry run prints the plan table (log, default stdout); otherwise the
+    fallback notes, the file, and a summary line (log, default stderr)."""
+    notes = [t.note for t in tensors if t.note]
+    text = summary(tensors)
+    if dry_run:
+        (log or print)(plan_table(tensors))
+        return WriteResult(None, tensors, notes, text)
+    say = log or (lambda s: print(s, file=sys.stderr))
+    report_notes(tensors, say)
+    write_gguf(out, arch, metadata, tensors, force=force, progress=progress)
+    say(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB): {text}")
+    return WriteResult(out, tensors, notes, text)
