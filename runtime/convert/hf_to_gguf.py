@@ -18,15 +18,7 @@ from ..errors import ConvertError, UnsupportedError
 from .checkpoint import Checkpoint
 from .plan import TypeChooser, scheme
 from .vocab import vocab_metadata
-from .writer import (
-    PlannedTensor,
-    WriteResult,
-    check_target,
-    encode,
-    finish,
-    general_metadata,
-    typed,
-)
+from .writer import PlannedTensor, WriteResult, check_target, encode, finish, general_metadata, typed
 
 __all__ = ["ConvertError", "convert", "find_architecture"]
 

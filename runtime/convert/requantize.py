@@ -15,15 +15,7 @@ from quant import GGMLType, dequantize
 from ..errors import ConvertError
 from ..gguf import GGUFFile
 from .plan import FLOAT_TYPES, TypeChooser, quantizable, scheme
-from .writer import (
-    PlannedTensor,
-    WriteResult,
-    check_target,
-    encode,
-    finish,
-    general_metadata,
-    typed,
-)
+from .writer import PlannedTensor, WriteResult, check_target, encode, finish, general_metadata, typed
 
 _REPLACED = ("general.architecture", "general.name", "general.file_type", "general.quantization_version",
              "general.alignment")
