@@ -118,45 +118,41 @@ def _quants_asym(x, q, nmax):
 
 
 @_jit
-def quantize_row_q4_0(x, y):
+def _row_32(x, y, size, levels, asym, m_at, qh_at, qs_at):
+    """The 4/5-bit 32-blocks: fp16 d at 0, fp16 min at m_at (asym), fifth bits at qh_at (>= 0), nibbles at qs_at;
+    codes from _quants_asym (levels - 1 = largest code) or _quants_sym (levels / 2 = the zero point)."""
     q = np.empty(32, np.int32)
     for b in range(x.size // 32):
-        xb, yb = x[QK * b:QK * b + QK], y[B.Q4_0_SIZE * b:B.Q4_0_SIZE * (b + 1)]
-        _put_f16(yb, 0, _quants_sym(xb, q, 8))
-        B.pack_nibbles(q, yb, B.Q4_0_QS)
+        xb, yb = x[QK * b:QK * b + QK], y[size * b:size * (b + 1)]
+        if asym:
+            d, mn = _quants_asym(xb, q, levels - 1)
+            _put_f16(yb, 0, d)
+            _put_f16(yb, m_at, mn)
+        else:
+            _put_f16(yb, 0, _quants_sym(xb, q, levels // 2))
+        if qh_at >= 0:
+            B.pack_qh32(q, yb, qh_at)
+        B.pack_nibbles(q, yb, qs_at)
+
+
+@_jit
+def quantize_row_q4_0(x, y):
+    _row_32(x, y, B.Q4_0_SIZE, 16, False, -1, -1, B.Q4_0_QS)
 
 
 @_jit
 def quantize_row_q5_0(x, y):
-    q = np.empty(32, np.int32)
-    for b in range(x.size // 32):
-        xb, yb = x[QK * b:QK * b + QK], y[B.Q5_0_SIZE * b:B.Q5_0_SIZE * (b + 1)]
-        _put_f16(yb, 0, _quants_sym(xb, q, 16))
-        B.pack_qh32(q, yb, B.Q5_0_QH)
-        B.pack_nibbles(q, yb, B.Q5_0_QS)
+    _row_32(x, y, B.Q5_0_SIZE, 32, False, -1, B.Q5_0_QH, B.Q5_0_QS)
 
 
 @_jit
 def quantize_row_q4_1(x, y):
-    q = np.empty(32, np.int32)
-    for b in range(x.size // 32):
-        xb, yb = x[QK * b:QK * b + QK], y[B.Q4_1_SIZE * b:B.Q4_1_SIZE * (b + 1)]
-        d, mn = _quants_asym(xb, q, 15)
-        _put_f16(yb, 0, d)
-        _put_f16(yb, B.Q4_1_M, mn)
-        B.pack_nibbles(q, yb, B.Q4_1_QS)
+    _row_32(x, y, B.Q4_1_SIZE, 16, True, B.Q4_1_M, -1, B.Q4_1_QS)
 
 
 @_jit
 def quantize_row_q5_1(x, y):
-    q = np.empty(32, np.int32)
-    for b in range(x.size // 32):
-        xb, yb = x[QK * b:QK * b + QK], y[B.Q5_1_SIZE * b:B.Q5_1_SIZE * (b + 1)]
-        d, mn = _quants_asym(xb, q, 31)
-        _put_f16(yb, 0, d)
-        _put_f16(yb, B.Q5_1_M, mn)
-        B.pack_qh32(q, yb, B.Q5_1_QH)
-        B.pack_nibbles(q, yb, B.Q5_1_QS)
+    _row_32(x, y, B.Q5_1_SIZE, 32, True, B.Q5_1_M, B.Q5_1_QH, B.Q5_1_QS)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
