@@ -48,6 +48,14 @@ def _deliver(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
+_NO_RAW, _NO_Y = _readonly(np.empty((0, 1), np.uint8)), np.empty(0, np.float32)  # an unused slot of a group
+
+
+def _pad(items: tuple, fill) -> tuple:
+    """items filled up to kernels_int.GROUP slots (matvec_many's one compiled signature)."""
+    return items + (fill,) * (kernels_int.GROUP - len(items))
+
+
 class QMatrix:
     def __init__(self, raw: np.ndarray, qtype, n_cols: int, path: str | None = None):
         self.qtype = type_info(qtype).type
@@ -64,6 +72,7 @@ class QMatrix:
         self.raw = _readonly(np.ascontiguousarray(raw))  # (n_rows, row_bytes); no copy when contiguous
         self.n_cols = int(n_cols)
         self._block, self._sub = layout(self.qtype, self.n_cols)
+        self._group = _pad((self.raw,), _NO_RAW), (int(self.qtype),) * kernels_int.GROUP  # for matvec_many
 
     @property
     def n_rows(self) -> int:
@@ -97,7 +106,7 @@ class QMatrix:
         direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
         y = out if direct else np.empty(self.n_rows, np.float32)
         if self._int:
-            _matvec_many((self.raw,), (int(self.qtype),), x, (y,))
+            kernels_int.matvec_many(*self._group, x, _pad((y,), _NO_Y))
             return y if direct else _deliver(y, out)
         xsum = kernels_float.sub_sums(x, self._sub)
         kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
@@ -118,25 +127,17 @@ class QMatrix:
         return Y if direct else _deliver(Y, out)
 
 
-_NO_ROWS = _readonly(np.empty((0, 1), np.uint8)), np.empty(0, np.float32)  # an unused slot of a group
-
-
-def _matvec_many(raws: tuple, codes: tuple, x: np.ndarray, ys: tuple) -> None:
-    """kernels_int.matvec_many over up to GROUP matrices at a time, the slots left padded with no rows."""
-    for i in range(0, len(raws), kernels_int.GROUP):
-        r, c, y = raws[i:i + kernels_int.GROUP], codes[i:i + kernels_int.GROUP], ys[i:i + kernels_int.GROUP]
-        pad = kernels_int.GROUP - len(r)
-        kernels_int.matvec_many(r + (_NO_ROWS[0],) * pad, c + (c[0],) * pad, x, y + (_NO_ROWS[1],) * pad)
-
-
 class MatvecGroup:
     """Matrices sharing one input (Q, K, V; up, gate), multiplied by one vector together: on the integer path
     x is quantized once per activation type and all rows run in one parallel loop. Checked once, when built."""
 
     def __init__(self, mats):
         self.mats = tuple(mats)
-        self.fused = all(m._int for m in self.mats) and len({m.n_cols for m in self.mats}) == 1
-        self.raws, self.codes = tuple(m.raw for m in self.mats), tuple(int(m.qtype) for m in self.mats)
+        self.fused = (all(m._int for m in self.mats) and len({m.n_cols for m in self.mats}) == 1
+                      and len(self.mats) <= kernels_int.GROUP)
+        if self.fused:
+            self.raws = _pad(tuple(m.raw for m in self.mats), _NO_RAW)
+            self.codes = _pad(tuple(int(m.qtype) for m in self.mats), int(self.mats[0].qtype))
 
     def __call__(self, x: np.ndarray, outs) -> None:
         # x (n_cols,) float32 -> outs[i] (n_rows_i,) float32 C-contiguous
@@ -148,4 +149,4 @@ class MatvecGroup:
         for m, y in zip(self.mats, outs, strict=True):
             if y.dtype != np.float32 or y.shape != (m.n_rows,) or not y.flags.c_contiguous:
                 raise ValueError(f"out must be float32 of shape ({m.n_rows},), contiguous; got {y.dtype} {y.shape}")
-        _matvec_many(self.raws, self.codes, x, tuple(outs))
+        kernels_int.matvec_many(self.raws, self.codes, x, _pad(tuple(outs), _NO_Y))
