@@ -7,11 +7,20 @@
 The API (LLM, load, SamplingParams) is imported on first use, so `import runtime.gguf` stays light.
 """
 
-from .errors import ContextOverflowError, FetchError, GGUFError, LlambaError, TokenizerError, UnsupportedError
+from .errors import (
+    ContextOverflowError,
+    FetchError,
+    GGUFError,
+    LlambaError,
+    NumericsError,
+    TokenizerError,
+    UnsupportedError,
+)
 
 __all__ = [
     "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
+    "NumericsError",
 ]
 
 _LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat"}

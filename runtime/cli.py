@@ -99,9 +99,12 @@ def _read_prompt(args) -> str:
                 return f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise LlambaError(f"cannot read prompt file {args.file}: {e}") from None
-    if sys.stdin.isatty():
+    if sys.stdin is None or sys.stdin.isatty():  # None: stdin closed (`<&-`)
         raise LlambaError("no prompt: pass -p PROMPT, -f FILE or pipe text on stdin")
-    return sys.stdin.read()
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        raise LlambaError(f"the prompt on stdin is not valid UTF-8: {e}") from None
 
 
 def _cmd_run(args) -> int:
@@ -132,6 +135,8 @@ def _cmd_chat(args) -> int:
         warnings.simplefilter("ignore", NoChatTemplateWarning)  # said once here, in the CLI's words
         print(f"warning: {llm.path.name} has no chat template, so it is probably a base (not instruction-tuned) "
               "model: replies use ChatML, which it may not follow; try `llamba run -p ...`", file=sys.stderr)
+    if sys.stdin is None:  # stdin closed (`<&-`): nothing to chat about
+        return 0
     interactive = sys.stdin.isatty()
     history = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
     if interactive:
@@ -140,7 +145,10 @@ def _cmd_chat(args) -> int:
         if interactive:
             sys.stderr.write("> ")
             sys.stderr.flush()
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError as e:
+            raise LlambaError(f"the message on stdin is not valid UTF-8: {e}") from None
         if not line or (interactive and not line.strip()):
             return 0
         if not line.strip():

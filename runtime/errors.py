@@ -27,3 +27,7 @@ class FetchError(LlambaError):
 
 class ConvertError(LlambaError):
     """A model directory, checkpoint or conversion/quantization request is missing, corrupt or inconsistent."""
+
+
+class NumericsError(LlambaError):
+    """A model produced NaN or infinite values (damaged weights, or a wrong conversion)."""

@@ -226,6 +226,25 @@ def load_model(src, n_ctx: int | None = None) -> Model:
     config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
     if n_ctx is None:
         n_ctx = min(config.context_length, DEFAULT_MAX_CTX)
-    if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
+    if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
         raise LlambaError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    if n_ctx > config.context_length:
+        raise ContextOverflowError(f"n_ctx {n_ctx} exceeds the {config.context_length} positions {config.arch} was "
+                                   f"trained for ({config.arch}.context_length); use at most that")
+    _check_memory(config, int(n_ctx))
     return Model(gguf, config, int(n_ctx))
+
+
+def _check_memory(config, n_ctx: int) -> None:
+    """Refuse a context whose KV cache (float32 K and V of every layer) and RoPE tables would not fit in the
+    memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked)."""
+    c = config
+    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + 3 * 8 * n_ctx * c.n_rot // 2
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return
+    if need > avail:
+        raise LlambaError(f"a context of {n_ctx} tokens needs {need / 2**30:.1f} GiB for its KV cache, "
+                          f"{avail / 2**30:.1f} GiB of memory is available: use a smaller -c / n_ctx")

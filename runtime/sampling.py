@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import NumericsError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -43,9 +45,11 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities in float64 (stable: shifted by the max)."""
-    z = np.exp(logits.astype(np.float64) - np.max(logits))
+def softmax(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
+    """Probabilities of logits / t in float64, shifted by the max before dividing: a tiny temperature tends to
+    greedy instead of overflowing to inf - inf = NaN."""
+    with np.errstate(over="ignore"):  # (l - max) / t overflowing to -inf is probability 0, as meant
+        z = np.exp((logits.astype(np.float64) - np.max(logits)) / t)
     return z / z.sum()
 
 
@@ -94,10 +98,6 @@ def min_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
     return ids[keep], logits[keep]
 
 
-def temperature(logits: np.ndarray, t: float) -> np.ndarray:
-    return logits / np.float32(t)
-
-
 class Sampler:
     """Picks tokens for one generation: owns the seeded RNG, so the same seed gives the same tokens."""
 
@@ -108,6 +108,9 @@ class Sampler:
     def sample(self, logits: np.ndarray, history=()) -> int:
         """The next token id from `logits` (n_vocab,) given the ids so far (prompt + generated)."""
         p = self.params
+        if not np.isfinite(np.max(logits)):  # NaN propagates through max; one reduction per token
+            raise NumericsError("the model produced NaN or infinite logits: its weights or activations are not "
+                                "finite (a damaged or wrongly converted file?)")
         recent = _last_n(history, p.repeat_last_n)
         logits = apply_penalties(logits, recent, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
         if p.greedy:
@@ -116,7 +119,7 @@ class Sampler:
         ids, logits = top_k(ids, logits, p.top_k)  # sorted descending from here on
         ids, logits = top_p(ids, logits, p.top_p)
         ids, logits = min_p(ids, logits, p.min_p)
-        probs = softmax(temperature(logits, p.temperature))
+        probs = softmax(logits, p.temperature)
         return int(ids[self.rng.choice(len(ids), p=probs)])
 
 

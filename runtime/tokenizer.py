@@ -289,6 +289,11 @@ class Tokenizer:
         the text to their ids (user-defined tokens are always mapped)."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() needs a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: undecodable bytes of argv or a file, or "\ud800"
+            raise TokenizerError(f"the text is not valid Unicode: {e.object[e.start]!r} at character {e.start} "
+                                 "(invalid UTF-8 input?)") from None
         add_bos = self.add_bos if add_bos is None else add_bos
         if add_bos and self.bos_id is None:
             raise TokenizerError("add_bos=True but the model has no BOS token")

@@ -64,6 +64,31 @@ def test_run_greedy_matches_transformers(oracle):
     assert f"generation {N_RUN} tokens" in summary
 
 
+def test_tiny_temperature_is_greedy(oracle):
+    """--temp 1e-40 divided logits into inf - inf = NaN and crashed sampling; it is greedy in the limit."""
+    code, out, err = llamba("run", "-p", PROMPT, "-n", N_RUN, "--temp", 1e-40, "-c", 64, "--seed", 3)
+    assert code == 0, err
+    assert out == oracle[0] + "\n"
+
+
+@pytest.mark.parametrize("command,code,message", [("run", 1, "error: no prompt"), ("chat", 0, "")])
+def test_closed_stdin(command, code, message):
+    """`llamba run <&-` and `llamba chat <&-` (sys.stdin is None): an error line, or an empty chat."""
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", command, "-m", MODEL, "-c", "64"], capture_output=True,
+                          text=True, timeout=600, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "chat"])
+def test_stdin_not_utf8(command):
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", command, "-m", MODEL, "-c", "64"],
+                          input=b"\xff\xfe hi\n", capture_output=True, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "not valid" in err  # UTF-8 (strict stdin) or Unicode (surrogateescape stdin, caught by the tokenizer)
+
+
 def test_chat_piped_stdin_matches_transformers(oracle):
     stdin = "\n".join(CHAT_TURNS) + "\n"
     code, out, err = llamba("chat", "-m", MODEL, "--temp", 0, "-n", N_CHAT, "-c", 256, stdin=stdin)
@@ -84,7 +109,8 @@ def _unsupported_arch_gguf(path):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing", "not_gguf", "unsupported", "unknown_name", "overflow", "bad_param"])
+@pytest.mark.parametrize("case", ["missing", "not_gguf", "unsupported", "unknown_name", "overflow", "bad_param",
+                                  "huge_ctx", "not_utf8"])
 def test_errors_are_one_line(case, tmp_path, model_path):
     args = {
         "missing": ["run", "-m", tmp_path / "nope.gguf", "-p", "x"],
@@ -93,6 +119,8 @@ def test_errors_are_one_line(case, tmp_path, model_path):
         "unknown_name": ["run", "-m", "no-such-model", "-p", "x"],
         "overflow": ["run", "-m", model_path(MODEL), "-c", 16, "-p", "word " * 40],
         "bad_param": ["run", "-m", model_path(MODEL), "-p", "x", "--top-p", 3],
+        "huge_ctx": ["run", "-m", model_path(MODEL), "-c", 10**9, "-p", "x"],  # refused before allocating
+        "not_utf8": ["run", "-m", model_path(MODEL), "-p", "\udcff\udcfe hi"],  # argv bytes ff fe: not UTF-8
     }[case]
     (tmp_path / "text.gguf").write_text("just some text, definitely not GGUF\n" * 10)
     _unsupported_arch_gguf(tmp_path / "mamba.gguf")
@@ -100,7 +128,8 @@ def test_errors_are_one_line(case, tmp_path, model_path):
     assert code == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     expected = {"missing": "no such file", "not_gguf": "not a GGUF", "unsupported": "mamba",
-                "unknown_name": "unknown model", "overflow": "n_ctx=16", "bad_param": "top_p"}[case]
+                "unknown_name": "unknown model", "overflow": "n_ctx=16", "bad_param": "top_p",
+                "huge_ctx": "exceeds the 8192 positions", "not_utf8": "not valid Unicode"}[case]
     assert expected in err
 
 

@@ -4,6 +4,7 @@ Token ids come from transformers' tokenizer of that GGUF, so these tests do not 
 transformers model is loaded once (module-scoped fixture), its reference outputs computed, and freed.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import runtime.model
 from runtime.archs.base import RopeScaling
-from runtime.errors import ContextOverflowError, UnsupportedError
+from runtime.errors import ContextOverflowError, LlambaError, UnsupportedError
 from runtime.gguf import GGUFFile
 from runtime.layers import attention, layer_norm, rope_frequencies
 from runtime.model import load_model
@@ -126,6 +127,22 @@ def test_context_overflow(model_path):
         model.forward([1], 8)
     with pytest.raises(ContextOverflowError):
         model.forward(np.arange(9), 0)
+
+
+def test_context_is_capped_and_its_memory_checked(model_path):
+    """-c 1000000000 built the KV cache and RoPE tables eagerly (7.7 GB, then MemoryError); n_ctx is capped at the
+    model's context_length, and a cache larger than the memory available is refused before it is allocated."""
+    path = model_path("smollm2-135m-instruct")  # llama.context_length 8192
+    assert load_model(path, n_ctx=8192).n_ctx == 8192
+    with pytest.raises(ContextOverflowError, match="n_ctx 8193 exceeds the 8192 positions"):
+        load_model(path, n_ctx=8193)
+    with pytest.raises(LlambaError, match="positive integer"):
+        load_model(path, n_ctx=True)
+    config = load_model(path, n_ctx=8).config
+    wide = dataclasses.replace(config, n_layer=10**6)  # 720 TB of KV cache at 8192 positions
+    with pytest.raises(LlambaError, match=r"needs \d+\.\d GiB for its KV cache"):
+        runtime.model._check_memory(wide, 8192)
+    runtime.model._check_memory(config, 8192)  # 0.4 GB: fits
 
 
 def test_default_context_and_attributes(model_path):

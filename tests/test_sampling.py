@@ -185,3 +185,23 @@ def test_repeat_last_n_window():
     assert Sampler(SamplingParams(repeat_last_n=3, **greedy)).sample(logits, [0, 2, 2]) == 1
     assert Sampler(SamplingParams(repeat_last_n=0, **greedy)).sample(logits, [0, 0]) == 0
     assert Sampler(SamplingParams(repeat_last_n=-1, **greedy)).sample(logits, [0] + [2] * 100) == 1
+
+
+@pytest.mark.parametrize("t", [1e-40, 1e-300, 5e-324])
+def test_tiny_temperature_is_greedy(rng, t):
+    """Dividing float32 logits by a tiny temperature overflowed to inf - inf = NaN probabilities; in the limit the
+    distribution is the argmax (numpy's)."""
+    logits = rng.standard_normal(1000).astype(np.float32)
+    sampler = Sampler(SamplingParams(temperature=t, seed=1))
+    assert all(sampler.sample(logits) == int(np.argmax(logits)) for _ in range(20))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_are_reported(rng, temperature, bad):
+    from runtime import NumericsError
+
+    logits = rng.standard_normal(100).astype(np.float32)
+    logits[17] = bad
+    with pytest.raises(NumericsError, match="NaN or infinite logits"):
+        Sampler(SamplingParams(temperature=temperature, seed=1)).sample(logits)

@@ -127,6 +127,15 @@ def test_real_model_special_tokens(real, name):
 
 
 @pytest.mark.parametrize("name", REAL_MODELS)
+def test_invalid_unicode_is_a_tokenizer_error(real, name):
+    """Lone surrogates (undecodable argv bytes, "\\ud800") raised TypeError inside the tokenizer libraries."""
+    ours = real[name][0]
+    for text in ["\ud800", "hi \udcff\udcfe"]:
+        with pytest.raises(TokenizerError, match="not valid Unicode"):
+            ours.encode(text)
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
 def test_stream_decoder_never_breaks_characters(real, name):
     ours = real[name][0]
     text = "emoji 🦙🎉👩‍👩‍👧 中文字符 日本語 한국어 ẞ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 " * 4
