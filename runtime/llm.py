@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from . import registry
+from .errors import LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
 from .sampling import Sampler, SamplingParams
@@ -51,6 +52,28 @@ class CompileProgress:
         self.stream.flush()
 
 
+class _Lock:
+    """The LLM's lock: other threads wait for it; the thread that holds it (a suspended stream, a callback calling
+    back in) gets an error instead of waiting for itself forever."""
+
+    def __init__(self):
+        self._lock, self._owner = threading.Lock(), None
+
+    def __enter__(self):
+        if self._owner == threading.get_ident():
+            raise LlambaError("this LLM is already busy in this thread (a stream of it is suspended here, or a "
+                              "callback called back into it): finish or close that stream first")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def __exit__(self, *exc):
+        self._owner = None
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
 class LLM:
     """A loaded model with its tokenizer and KV cache.
 
@@ -72,9 +95,9 @@ class LLM:
     Thread safety: one lock per LLM serializes generate, stream, chat and logits, so several threads
     may share an instance (calls run one after the other). A stream holds the lock from its first piece
     until it is exhausted or closed; break out of the loop (or set the `cancel` event from another
-    thread) to release it early. Do not call the same LLM from inside a `callback` or a stream loop:
-    that would wait for itself. tokenize/detokenize need no lock. Kernels release the GIL, so other
-    Python threads keep running during generation.
+    thread) to release it early. Calling the same LLM from inside a `callback` or a stream loop of the same
+    thread raises LlambaError (it would wait for itself). tokenize/detokenize need no lock. Kernels release the
+    GIL, so other Python threads keep running during generation.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
@@ -95,7 +118,7 @@ class LLM:
         self.seed, self.special = seed, special
         self.last_stats = GenerationStats()  # of the most recent generation
         self._ctx = Context(self.model)
-        self._lock = threading.Lock()
+        self._lock = _Lock()
         self._warned_template = False
 
     @property

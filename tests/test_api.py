@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime import LLM, ContextOverflowError, SamplingParams
+from runtime import LLM, ContextOverflowError, LlambaError, SamplingParams
 from runtime.generate import Context, GenerationStats, StopMatcher, generate
 from runtime.gguf import GGUFFile
 from runtime.sampling import Sampler
@@ -212,8 +212,28 @@ def test_chat_and_break_releases_lock(llm):
     assert isinstance(reply, str) and reply
     for _ in llm.chat([{"role": "user", "content": "Say hi"}], stream=True, max_tokens=3, temperature=0):
         break
-    assert llm._lock.acquire(timeout=5)
-    llm._lock.release()
+    assert not llm._lock.locked()
+
+
+def test_same_thread_reentry_is_an_error_not_a_deadlock(llm):
+    """generate() while a stream of the same LLM is suspended in this thread waited for itself forever."""
+    stream = llm.stream("Once upon a time", 8, temperature=0)
+    next(stream)
+    with pytest.raises(LlambaError, match="already busy in this thread"):
+        llm.generate("x", 2)
+    with pytest.raises(LlambaError, match="already busy in this thread"):
+        llm.generate("Hello", 4, callback=lambda piece: llm.logits([1, 2]))
+    stream.close()
+    assert llm.generate("Hello", 2, temperature=0)  # released
+    other = threading.Thread(target=lambda: results.append(llm.generate("Hello", 2, temperature=0)))
+    results, stream = [], llm.stream("Once upon a time", 4, temperature=0)
+    next(stream)
+    other.start()  # another thread waits its turn, as before
+    other.join(0.5)
+    assert other.is_alive() and not results
+    list(stream)
+    other.join(60)
+    assert results and results[0]
 
 
 def test_warmup_is_timed_apart_from_load_and_generation(model_path, monkeypatch):
