@@ -86,12 +86,18 @@ def _check_fits(model, n_ctx: int) -> None:
                                    f"{model.n_ctx} tokens (load the model with n_ctx >= {n_ctx})")
 
 
+def _mean_err(x: np.ndarray) -> tuple:
+    """(mean, standard error of the mean) as llama.cpp computes them: sqrt((E[x^2] - E[x]^2) / (n - 1))."""
+    mean = float(x.mean())
+    var = float((x * x).mean()) - mean * mean
+    return mean, math.sqrt(max(var, 0.0) / (x.size - 1)) if x.size > 1 else math.nan
+
+
 def _ppl_and_stderr(nll: np.ndarray) -> tuple:
-    mean = float(nll.mean())
+    """(perplexity, its standard error: ppl times the NLL mean's; nan where that is 0 or undefined)."""
+    mean, err = _mean_err(nll)
     ppl = math.exp(mean)
-    var = float((nll * nll).mean()) - mean * mean  # llama.cpp: E[nll^2] - E[nll]^2
-    stderr = ppl * math.sqrt(var / (nll.size - 1)) if nll.size > 1 and var > 0 else math.nan
-    return ppl, stderr
+    return ppl, ppl * err if err > 0 else math.nan
 
 
 def perplexity(model, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks: int | None = None, bos_id: int | None = None,
@@ -121,8 +127,14 @@ def perplexity(model, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks: int | None =
 def text_perplexity(model, tokenizer, text: str, n_ctx: int = DEFAULT_N_CTX, n_chunks: int | None = None,
                     on_chunk: Callable | None = None) -> PerplexityResult:
     """Tokenize `text` as llama.cpp does (model's BOS rule, control-token text left as text) and measure it."""
-    tokens = tokenizer.encode(text, special=False)
-    return perplexity(model, tokens, n_ctx, n_chunks, tokenizer.bos_id if tokenizer.add_bos else None, on_chunk)
+    tokens, bos_id = text_tokens(tokenizer, text)
+    return perplexity(model, tokens, n_ctx, n_chunks, bos_id, on_chunk)
+
+
+def text_tokens(tokenizer, text: str) -> tuple:
+    """(tokens, bos_id) of `text` as llama.cpp's perplexity reads it: the model's BOS rule (bos_id None when it adds
+    none), control-token text left as text."""
+    return tokenizer.encode(text, special=False), tokenizer.bos_id if tokenizer.add_bos else None
 
 
 # ---- KL divergence against the float reference (llama.cpp's --kl-divergence) ------------------------------------
@@ -151,13 +163,6 @@ def token_kld(logits: np.ndarray, ref_logits: np.ndarray, targets: np.ndarray) -
         out[3][r:r + _ROWS], out[4][r:r + _ROWS] = np.exp(lq[rows, t]), pb[rows, t]
         out[5][r:r + _ROWS] = lq.argmax(axis=1) == lb.argmax(axis=1)
     return tuple(out)
-
-
-def _mean_err(x: np.ndarray) -> tuple:
-    """(mean, standard error of the mean) as llama.cpp computes them: sqrt((E[x^2] - E[x]^2) / (n - 1))."""
-    mean = float(x.mean())
-    var = float((x * x).mean()) - mean * mean
-    return mean, math.sqrt(max(var, 0.0) / (x.size - 1)) if x.size > 1 else math.nan
 
 
 @dataclass
@@ -391,8 +396,8 @@ def _run_kl(args, text: str) -> int:
     print(f"kl_divergence: {args.file}, chunks of {args.ctx_size} tokens", file=sys.stderr)
     print(f"kl_divergence: {measured}")
     print(KLDResult.HEADER)
-    result = kl_divergence(model, reference, tokenizer.encode(text, special=False), args.ctx_size, args.chunks,
-                           tokenizer.bos_id if tokenizer.add_bos else None, args.kl_mode, measured,
+    tokens, bos_id = text_tokens(tokenizer, text)
+    result = kl_divergence(model, reference, tokens, args.ctx_size, args.chunks, bos_id, args.kl_mode, measured,
                            on_chunk=lambda i, r: print(r.chunk_line(), flush=True))
     print()
     print(result.report())
