@@ -210,9 +210,6 @@ class Model:
             out *= cap
 
 
-    # ---- warm-up: every kernel compiled (or loaded from the cache) before the first token ----------------------
-    # Self-contained: the scratch copies below share this model's weights, never its KV cache or buffers.
-
     def warmup(self, progress=None) -> int:
         """Compile (or load) every kernel this model runs, before the first token: see runtime/warmup.py."""
         from .warmup import warmup
