@@ -1,8 +1,9 @@
 """Chat templates: render a model's Jinja2 `tokenizer.chat_template` the way Hugging Face transformers does.
 
-Templates come from model files, i.e. untrusted input: they run in Jinja2's immutable sandbox, with
-the same environment transformers sets up (trim_blocks, lstrip_blocks, loop controls, a `tojson`
-that does not HTML-escape, `raise_exception`, `strftime_now`). A model without a template gets ChatML.
+Templates come from model files, i.e. untrusted input: they run in Jinja2's immutable sandbox with bounds on
+size, output and time (runtime/sandbox.py), with the same environment transformers sets up (trim_blocks,
+lstrip_blocks, loop controls, a `tojson` that does not HTML-escape, `raise_exception`, `strftime_now`). A model
+without a template gets ChatML. Every failure, including a bound reached, is a ChatTemplateError.
 """
 
 import json
@@ -11,9 +12,9 @@ from functools import lru_cache
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import LlambaError
+from .sandbox import BoundedEnvironment, TemplateBoundError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -41,13 +42,12 @@ def _strftime_now(fmt):
 
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env = BoundedEnvironment(filters={"tojson": _tojson},
+                             globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now},
+                             trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     try:
         return env.from_string(template)
-    except jinja2.exceptions.TemplateError as e:
+    except (jinja2.exceptions.TemplateError, RecursionError, MemoryError) as e:
         raise ChatTemplateError(f"chat template does not compile: {e}") from None
 
 
@@ -76,7 +76,8 @@ def render(messages, template: str | None = None, bos_token: str = "", eos_token
     """The prompt text for `messages` under `template` (ChatML when None); extra variables reach the template."""
     template_obj = _compile(template or CHATML_TEMPLATE)
     try:
-        return template_obj.render(messages=check_messages(messages), bos_token=bos_token, eos_token=eos_token,
-                                   add_generation_prompt=add_generation_prompt, **variables)
-    except jinja2.exceptions.TemplateError as e:
+        return template_obj.environment.render(template_obj, messages=check_messages(messages), bos_token=bos_token,
+                                               eos_token=eos_token, add_generation_prompt=add_generation_prompt,
+                                               **variables)
+    except TemplateBoundError as e:
         raise ChatTemplateError(f"chat template failed: {e}") from None

@@ -213,6 +213,14 @@ def _decode_each(joined: bytes, body_starts: list, fail) -> list:
     return out
 
 
+def _check_disjoint(cur: _Cursor, tensors) -> None:
+    """Tensors' data must not overlap (one tensor's bytes read as another's is a corrupt table)."""
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            cur.fail(f"tensors {a!r} and {b!r} overlap in the file (corrupt tensor table)")
+
+
 class GGUFFile:
     """An open GGUF file. `metadata` maps keys to Python values (ints, floats, bools, str; numeric arrays
     as numpy arrays, string arrays as list[str]); `tensors` maps names, in file order, to TensorInfo with
@@ -275,6 +283,7 @@ class GGUFFile:
             if name in self.tensors:
                 cur.fail(f"duplicate tensor name {name!r}")
             self.tensors[name] = self._tensor(cur, name, dims, type_id, offset)
+        _check_disjoint(cur, self.tensors.values())
 
     @staticmethod
     def _tensor_info(cur: _Cursor, i: int) -> tuple:

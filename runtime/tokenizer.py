@@ -275,6 +275,8 @@ class Tokenizer:
         add_bos = _key(metadata, "tokenizer.ggml.add_bos_token", bool, spm_model or PRE_TOKENIZERS[pre][2])
         if add_bos and bos_id is None:
             raise TokenizerError("the tokenizer adds a BOS token but GGUF metadata has no tokenizer.ggml.bos_token_id")
+        for role in ("unknown", "padding", "seperator", "cls", "mask"):  # unused here, but must name a token
+            _token_id(metadata, f"tokenizer.ggml.{role}_token_id", n)  # (llama.cpp spells it "seperator")
         eog = {t for t in (eos_id, _token_id(metadata, "tokenizer.ggml.eot_token_id", n),
                            _token_id(metadata, "tokenizer.ggml.eom_token_id", n)) if t is not None}
         eog.update(i for i in np.flatnonzero(types == CONTROL).tolist() if tokens[i] in _EOG_TEXTS)

@@ -40,14 +40,16 @@ class RopeScaling:
             return None
         if kind not in ("linear", "yarn"):
             raise UnsupportedError(f"RoPE scaling type {kind!r} is not supported (supported: none, linear, yarn)")
-        if not factor > 0:
-            raise GGUFError(f"{p}factor must be positive, got {factor}")
+        if not 0 < factor < math.inf:
+            raise GGUFError(f"{p}factor must be positive and finite, got {factor}")
         original = meta(md, p + "original_context_length", int, 0)
         if kind == "yarn" and original <= 0:
             raise GGUFError(f"yarn RoPE scaling needs {p}original_context_length > 0")
-        return cls(kind, factor, original,
-                   meta(md, p + "attn_factor", float, 1.0),
-                   meta(md, p + "yarn_beta_fast", float, 32.0), meta(md, p + "yarn_beta_slow", float, 1.0))
+        extra = [meta(md, p + key, float, default) for key, default in
+                 (("attn_factor", 1.0), ("yarn_beta_fast", 32.0), ("yarn_beta_slow", 1.0))]
+        if not all(map(math.isfinite, extra)):
+            raise GGUFError(f"{p}attn_factor and yarn_beta_* must be finite, got {extra}")
+        return cls(kind, factor, original, *extra)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,14 @@ class DecoderConfig:
             raise GGUFError(f"{self.arch}: rope.dimension_count {self.n_rot} must be even and <= {self.head_dim}")
         if self.sliding_window < 0:
             raise GGUFError(f"{self.arch}: attention.sliding_window must be >= 0, got {self.sliding_window}")
+        for name, low in (("norm_eps", 0.0), ("final_logit_softcap", 0.0), ("attn_scale", 0.0), ("clamp_kqv", 0.0),
+                          ("alibi_max_bias", 0.0), ("embd_scale", -math.inf)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low):
+                raise GGUFError(f"{self.arch}: {name} must be finite{f' and >= {low:g}' if low == 0 else ''}, "
+                                f"got {value}")
+        if self.use_rope and not 0 < self.rope_base < math.inf:
+            raise GGUFError(f"{self.arch}: rope.freq_base must be positive and finite, got {self.rope_base}")
         if self.n_expert and not 0 < self.n_expert_used <= self.n_expert:
             raise GGUFError(f"{self.arch}: expert_used_count {self.n_expert_used} must lie in 1..expert_count "
                             f"{self.n_expert}")
