@@ -4,7 +4,8 @@ Output per activation row: int8 quants qx (n,), float32 block scales dx, int32 s
 16 elements bs (n // 16,) (ggml's bsums), which carry the weights' offsets and sub-block minimums, and for
 Q8_0 xs (n // 32,) = d * sum of the block's quants (ggml's Q8_1 `s`), the activation side of a Q4_1/Q5_1
 block's minimum.
-The block quantizers are quant.quantize's (the storage formats Q8_0 and Q8_K): Q8_0 d is kept as its fp16 value.
+The block quantizers are quant.quantize's (the storage formats Q8_0 and Q8_K): Q8_0 d is kept as its fp16 value;
+a block holding NaN gets a NaN scale (NaN activations stay NaN through the integer kernels).
 """
 
 import numpy as np
@@ -31,6 +32,18 @@ def _q8_k_row(x, qx, dx):
 
 
 @jit
+def _nan_scales(x, dx, block):
+    """A block holding NaN gets a NaN scale, so that the dot products with it are NaN, as the float path's are
+    (ggml's block quantizers turn NaN into arbitrary integers)."""
+    for b in range(dx.shape[0]):
+        bad = False
+        for j in range(block * b, block * (b + 1)):
+            bad |= x[j] != x[j]
+        if bad:
+            dx[b] = np.nan
+
+
+@jit
 def quantize_rows(X, block, qx, dx, bs, xs):
     """X (n_tok, n) float32 -> qx (n_tok, n) int8, dx (n_tok, n // block), bs (n_tok, n // 16) int32,
     xs (n_tok, n // 32) float32 (Q8_0 only)."""
@@ -39,6 +52,7 @@ def quantize_rows(X, block, qx, dx, bs, xs):
             _q8_k_row(X[t], qx[t], dx[t])
         else:
             _q8_0_row(X[t], qx[t], dx[t])
+        _nan_scales(X[t], dx[t], block)
         for s in range(bs.shape[1]):
             total = 0
             for j in range(16 * s, 16 * s + 16):

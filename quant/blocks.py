@@ -54,6 +54,32 @@ for _end, _size in [(Q4_0_QS + 16, Q4_0_SIZE), (Q4_1_QS + 16, Q4_1_SIZE), (Q5_0_
                     (Q5_K_QS + 128, Q5_K_SIZE), (Q6_K_D + 2, Q6_K_SIZE), (Q8_K_BSUMS + 32, Q8_K_SIZE)]:
     assert _end == _size, "a block layout disagrees with quant.types"
 
+# the float fields of each block (fp16 unless noted): a non-finite one makes its whole block non-finite
+FLOAT_FIELDS = {
+    GGMLType.Q4_0: (0,), GGMLType.Q4_1: (0, Q4_1_M), GGMLType.Q5_0: (0,), GGMLType.Q5_1: (0, Q5_1_M),
+    GGMLType.Q8_0: (0,), GGMLType.IQ4_NL: (0,), GGMLType.Q2_K: (Q2_K_D, Q2_K_DMIN), GGMLType.Q3_K: (Q3_K_D,),
+    GGMLType.Q4_K: (Q4_K_D, Q4_K_DMIN), GGMLType.Q5_K: (Q5_K_D, Q5_K_DMIN), GGMLType.Q6_K: (Q6_K_D,),
+}
+
+
+def count_nonfinite(raw: np.ndarray, qtype) -> int:
+    """How many values (float types) or blocks (their scale fields) of the raw bytes `raw` are NaN or infinite:
+    one vectorized pass over the scales only, so a whole model is scanned in about a second."""
+    blocks = raw.reshape(-1).view(np.uint8)
+    qtype = GGMLType(qtype)
+    if qtype in (GGMLType.F32, GGMLType.F16):
+        return int(np.count_nonzero(~np.isfinite(blocks.view(np.float32 if qtype == GGMLType.F32 else np.float16))))
+    if qtype == GGMLType.BF16:  # exponent all ones
+        return int(np.count_nonzero(blocks.view(np.uint16) & 0x7F80 == 0x7F80))
+    if qtype not in FLOAT_FIELDS:
+        return 0
+    blocks = blocks.reshape(-1, TYPES[qtype].type_size)
+    bad = np.zeros(len(blocks), bool)
+    for o in FLOAT_FIELDS[qtype]:
+        bad |= ~np.isfinite(blocks[:, o:o + 2].copy().view(np.float16)[:, 0])
+    return int(np.count_nonzero(bad))
+
+
 # ---- how the kernels walk a row ----
 
 CHUNK = 256  # elements per "block" of the float types F32/F16/BF16 in the float kernels

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 
-from quant import TYPES, GGMLType, QMatrix, dequantize
+from quant import TYPES, GGMLType, QMatrix, blocks, dequantize
 from quant.matrix import BLAS_MIN_TOKENS
 
 from . import archs
-from .errors import ContextOverflowError, GGUFError, LlambaError, UnsupportedError
+from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
 from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear
 
@@ -208,6 +208,9 @@ class Model:
             out /= cap
             np.tanh(out, out=out)
             out *= cap
+        if not np.isfinite(out.max()):  # NaN propagates through max: one reduction per call
+            raise NumericsError(f"{self.gguf.path}: the model produced NaN or infinite logits; "
+                                + nonfinite_tensors(self.gguf))
 
 
     def warmup(self, progress=None) -> int:
@@ -215,6 +218,15 @@ class Model:
         from .warmup import warmup
 
         return warmup(self, progress)
+
+
+def nonfinite_tensors(gguf: GGUFFile) -> str:
+    """Which of the file's tensors hold NaN or infinite values (their float values or block scales), in words."""
+    bad = [(name, n) for name, t in gguf.tensors.items() if (n := blocks.count_nonfinite(t.raw, t.qtype))]
+    if not bad:
+        return "every tensor is finite, so an activation overflowed (a wrongly converted or unsuitable file?)"
+    listed = ", ".join(f"{name} ({n} non-finite)" for name, n in bad[:3])
+    return f"tensors holding NaN or infinity: {listed}{' and more' if len(bad) > 3 else ''} (a damaged file?)"
 
 
 def load_model(src, n_ctx: int | None = None) -> Model:

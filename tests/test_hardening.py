@@ -15,7 +15,7 @@ from test_cli import llamba
 
 from runtime import LLM
 from runtime.chat import ChatTemplateError
-from runtime.errors import GGUFError, TokenizerError
+from runtime.errors import GGUFError, NumericsError, TokenizerError
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,44 @@ def test_overlapping_tensors_are_refused(tmp_path):
     with pytest.raises(GGUFError, match="overlap in the file") as e:
         LLM(path, warmup=False)
     assert f"'{first.name}'" in str(e.value) and f"'{second.name}'" in str(e.value)
+
+
+# ---- NaN weights: reported as NumericsError naming the tensor, on both kernel paths ------------------------------
+
+def _nan_block_model(tmp_path, tensor: str):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    rows, cols = tiny_gguf.tensors()[tensor][0].shape[0], tiny_gguf.N_EMBD
+    q = quantize(np.random.default_rng(1).normal(0, 0.2, (rows, cols)).astype(np.float32),
+                 GGMLQuantizationType.Q8_0)
+    q[rows // 2, 0:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)  # the fp16 scale of one block
+    return tiny_gguf.write(tmp_path / "nan.gguf", tensor_overrides={tensor: (q, GGMLQuantizationType.Q8_0)})
+
+
+@pytest.mark.parametrize("path_kind", ["int", "float"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 1e-40])
+def test_nan_weights_are_reported(tmp_path, monkeypatch, path_kind, temperature):
+    import quant.matrix
+
+    monkeypatch.setattr(quant.matrix, "DEFAULT_PATH", path_kind)
+    path = _nan_block_model(tmp_path, "blk.0.ffn_up.weight")
+    llm = LLM(path, warmup=False)
+    assert {layer.w.w_up.path for layer in llm.model.layers} == {path_kind}
+    with pytest.raises(NumericsError, match=r"NaN or infinite logits; tensors holding NaN or infinity: "
+                                            r"blk\.0\.ffn_up\.weight \(1 non-finite\)"):
+        llm.generate("the", max_tokens=3, temperature=temperature)
+
+
+def test_overflowing_activations_are_reported(tmp_path):
+    from gguf import GGMLQuantizationType
+
+    huge = (np.full(tiny_gguf.N_EMBD, 3e38, np.float32), GGMLQuantizationType.F32)
+    path = tiny_gguf.write(tmp_path / "inf.gguf", tensor_overrides={"output_norm.weight": huge})
+    with pytest.raises(NumericsError, match="every tensor is finite, so an activation overflowed"):
+        LLM(path, warmup=False).generate("the", max_tokens=2, temperature=0)
+    code, out, err = llamba("run", "-m", path, "-p", "the", "-n", 2)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
 
 
 # ---- chat templates: bounded in size, output and time; every failure a ChatTemplateError ----------------------
