@@ -1,7 +1,8 @@
 """fp16 / bf16 inside Numba kernels: bit-exact loads from raw little-endian bytes, and float32 -> half rounding.
 
 Numba has no float16 on the CPU, so half floats are decoded from their bits (subnormals, infinities
-and NaN payloads included) and reinterpreted with a bitcast intrinsic.
+and NaN payloads included) and reinterpreted with bitcast intrinsics. The same functions compile for CUDA
+(quant/kernels/cuda: the GPU's f16 KV cache and block scales).
 """
 
 import numpy as np
@@ -20,6 +21,18 @@ def _bits_as_f32(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, f):
+    """The 32 bits of a float32 as a uint32 (no conversion); unlike a scalar `.view`, it compiles for CUDA too."""
+    if f != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -70,7 +83,7 @@ def load_f32(src, i):
 @njit(cache=True, nogil=True)
 def float_to_half(f):
     """float32 -> fp16 bit pattern, round to nearest even; NaN keeps its top payload bits (as numpy)."""
-    b = np.int64(np.float32(f).view(np.uint32))
+    b = np.int64(_f32_bits(np.float32(f)))
     sign = (b >> 16) & 0x8000
     e = (b >> 23) & 0xFF
     m = b & 0x7FFFFF
@@ -100,7 +113,7 @@ def float_to_half(f):
 @njit(cache=True, nogil=True)
 def float_to_bf16(f):
     """float32 -> bfloat16 bit pattern, round to nearest even; NaN forced quiet (ggml_compute_fp32_to_bf16)."""
-    n = np.int64(np.float32(f).view(np.uint32))
+    n = np.int64(_f32_bits(np.float32(f)))
     if (n & 0x7FFFFFFF) > 0x7F800000:
         return ((n >> 16) & 0xFFFF) | 64
     return (n + 0x7FFF + ((n >> 16) & 1)) >> 16
