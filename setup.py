@@ -30,7 +30,11 @@ setup(
             "safetensors",
             "protobuf",
             "ruff",
+            "numba-cuda==0.30.4",  # its simulator runs the GPU kernels' tests on the CPU (tests/cuda_env.py)
         ],
+        # GPU offload (-ngl): numba-cuda with the CUDA 12 runtime, NVRTC and libNVVM from PyPI (drivers >= 525);
+        # numba-cuda 0.30.4 does not import with numpy 2.5
+        "cuda": ["numba-cuda[cu12]==0.30.4", "numpy<2.5"],
         "interop": ["llama-cpp-python==0.3.36"],
     },
     entry_points={"console_scripts": ["llamba=runtime.cli:main"]},
