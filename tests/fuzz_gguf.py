@@ -51,7 +51,8 @@ def _interesting(dtype: np.dtype, rng: random.Random):
     if dtype.kind == "f":
         return rng.choice([np.nan, np.inf, -np.inf, -1.0, 0.0, 1e30, 1e-30])
     info = np.iinfo(dtype)
-    return rng.choice([0, 1, 2, 3, info.max, info.max - 1, info.max // 2 + 1, rng.randrange(0, 1 << 16),
+    small = rng.randrange(0, min(info.max, 1 << 16) + 1)
+    return rng.choice([0, 1, 2, 3, info.max, info.max - 1, info.max // 2 + 1, small,
                        *([-1, info.min] if info.min < 0 else [])])
 
 

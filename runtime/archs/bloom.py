@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..errors import UnsupportedError
 from ..gguf import meta
 from .base import DecoderConfig
-from .hf import classic_tensors, decoder_metadata, qkv_rows, vocab, with_biases
+from .hf import classic_tensors, decoder_metadata, number, qkv_rows, vocab, with_biases
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 MAX_ALIBI_BIAS = 8.0  # llama.cpp's bloom value (transformers' build_alibi_tensor)
@@ -39,7 +39,7 @@ def hf_metadata(cfg: dict) -> dict:
              "num_hidden_layers": cfg.get("n_layer", cfg.get("num_hidden_layers")),
              "intermediate_size": 4 * hidden if isinstance(hidden, int) else None,
              "max_position_embeddings": cfg.get("seq_length", 2048)}
-    md = decoder_metadata(named, layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5))
+    md = decoder_metadata(named, layer_norm_eps=number(cfg, "layer_norm_epsilon", 1e-5))
     return md | {"attention.max_alibi_bias": MAX_ALIBI_BIAS}
 
 

@@ -9,7 +9,7 @@ then V (the 7B multi-query layout, already in that order)."""
 
 from ..errors import UnsupportedError
 from .base import DecoderConfig
-from .hf import classic_tensors, decoder_metadata, qkv_rows, rope_params, vocab
+from .hf import classic_tensors, decoder_metadata, number, qkv_rows, rope_params, vocab
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -45,7 +45,7 @@ def hf_metadata(cfg: dict) -> dict:
     named = {"hidden_size": hidden, "num_attention_heads": n_head, "num_key_value_heads": n_kv,
              "num_hidden_layers": cfg.get("num_hidden_layers"), "intermediate_size": n_ff,
              "max_position_embeddings": cfg.get("max_position_embeddings", 2048)}
-    return decoder_metadata(named, rope_params(cfg), cfg.get("layer_norm_epsilon", 1e-5))
+    return decoder_metadata(named, rope_params(cfg), number(cfg, "layer_norm_epsilon", 1e-5))
 
 
 def hf_tensors(cfg: dict, c: Config) -> dict:

@@ -10,7 +10,7 @@ import math
 from ..errors import UnsupportedError
 from ..gguf import meta
 from .base import DecoderConfig
-from .hf import add_one, decoder_metadata, decoder_tensors, llama_layer, rope_params, vocab
+from .hf import add_one, decoder_metadata, decoder_tensors, integer, llama_layer, number, rope_params, table, vocab
 
 LAYER_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                  "post_ffw_norm.weight")
@@ -45,19 +45,20 @@ HF_ARCHITECTURES = ("Gemma3ForCausalLM",)
 
 def _rope(cfg: dict) -> tuple:
     """(global, local) rope parameters of either transformers layout."""
-    params = cfg.get("rope_parameters") or {}
+    params = table(cfg, "rope_parameters")
     if "full_attention" in params:  # transformers 5: one rope dict per layer type
-        return params["full_attention"], params.get("sliding_attention", {})
+        where = "config.json rope_parameters"
+        return table(params, "full_attention", where), table(params, "sliding_attention", where)
     return rope_params(cfg), {"rope_theta": cfg.get("rope_local_base_freq", LOCAL_ROPE_BASE)}
 
 
 def hf_metadata(cfg: dict) -> dict:
     md = decoder_metadata(cfg, _rope(cfg)[0])
     head_dim = md["rope.dimension_count"]
-    md |= {"attention.sliding_window": int(cfg["sliding_window"]), "attention.key_length": head_dim,
+    md |= {"attention.sliding_window": integer(cfg, "sliding_window"), "attention.key_length": head_dim,
            "attention.value_length": head_dim}
     if cfg.get("final_logit_softcapping"):
-        md["final_logit_softcapping"] = float(cfg["final_logit_softcapping"])
+        md["final_logit_softcapping"] = number(cfg, "final_logit_softcapping")
     return md
 
 
@@ -66,7 +67,7 @@ def hf_tensors(cfg: dict, c: Config) -> dict:
     weights get + 1 (Gemma multiplies by 1 + w; GGUF stores the product's factor)."""
     local = _rope(cfg)[1]
     pattern = ["full_attention" if c.is_global(i) else "sliding_attention" for i in range(c.n_layer)]
-    scalar = cfg.get("query_pre_attn_scalar", c.head_dim)
+    scalar = number(cfg, "query_pre_attn_scalar", c.head_dim)
     if (cfg.get("layer_types", pattern) != pattern or local.get("rope_theta", LOCAL_ROPE_BASE) != LOCAL_ROPE_BASE
             or local.get("rope_type", "default") != "default" or cfg.get("attn_logit_softcapping")
             or not math.isclose(c.scale, 1.0 / math.sqrt(scalar))):

@@ -5,7 +5,7 @@ Hugging Face's Conv1D layers store weights (n_in, n_out): the converter transpos
 
 from ..errors import UnsupportedError
 from .base import LearnedPositions
-from .hf import classic_tensors, decoder_metadata, transpose, vocab, with_biases
+from .hf import classic_tensors, decoder_metadata, number, transpose, vocab, with_biases
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -30,7 +30,7 @@ def hf_metadata(cfg: dict) -> dict:
     named = {"hidden_size": n_embd, "num_attention_heads": cfg.get("n_head"), "num_hidden_layers": cfg.get("n_layer"),
              "intermediate_size": cfg.get("n_inner") or (4 * n_embd if isinstance(n_embd, int) else None),
              "max_position_embeddings": cfg.get("n_positions", 1024)}
-    return decoder_metadata(named, layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5))
+    return decoder_metadata(named, layer_norm_eps=number(cfg, "layer_norm_epsilon", 1e-5))
 
 
 def hf_tensors(cfg: dict, c: Config) -> dict:

@@ -7,7 +7,7 @@ them as llama.cpp's converter writes them: all Q rows, then K, then V (what llam
 from ..errors import UnsupportedError
 from ..gguf import meta
 from .base import DecoderConfig
-from .hf import classic_tensors, decoder_metadata, qkv_rows, rope_params, vocab, with_biases
+from .hf import ROPE, classic_tensors, decoder_metadata, number, qkv_rows, rope_params, table, vocab, with_biases
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -27,9 +27,10 @@ def hf_metadata(cfg: dict) -> dict:
     if cfg.get("hidden_act", "gelu") != "gelu" or not cfg.get("attention_bias", True):
         raise UnsupportedError("gpt_neox checkpoints need hidden_act 'gelu' and attention_bias")
     params = rope_params(cfg)
-    rotary_pct = float((cfg.get("rope_parameters") or {}).get("partial_rotary_factor", cfg.get("rotary_pct", 1.0)))
+    rotary_pct = number(table(cfg, "rope_parameters"), "partial_rotary_factor",
+                        number(cfg, "rotary_pct", 1.0, hi=1.0), hi=1.0, where=ROPE)
     md = decoder_metadata(cfg, params | {"rope_theta": params.get("rope_theta", cfg.get("rotary_emb_base", 10000.0))},
-                          cfg.get("layer_norm_eps", 1e-5))
+                          number(cfg, "layer_norm_eps", 1e-5))
     md["rope.dimension_count"] = int(md["rope.dimension_count"] * rotary_pct)  # of head_dim
     return md | {"use_parallel_residual": bool(cfg.get("use_parallel_residual", True))}
 

@@ -7,9 +7,13 @@ An architecture module that can be converted defines:
   hf_tensors(cfg, config) -> dict[str, HFTensor]    # every expected HF tensor: GGUF name, shape, transform
 `hf_config` reads the architecture's Config from hf_metadata's keys with the loader's own from_metadata, so
 hf_tensors' shapes come from the one hyperparameter record the runtime uses. Most decoders are built from
-`decoder_metadata`, `vocab`, `llama_layer` and `decoder_tensors` below.
+`decoder_metadata`, `vocab`, `llama_layer` and `decoder_tensors` below. config.json is untrusted input: its numbers
+and objects are read with `integer`, `number` and `table`, which check type and range and name the key in a
+ConvertError.
 """
 
+import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,18 +34,53 @@ class HFTensor:
     out_shape: tuple | None = None  # GGUF shape when transform changes it (None: same as shape)
 
 
-def _int(cfg: dict, key: str, default=None) -> int:
-    v = cfg.get(key, default)
+INT_MAX = 2**31 - 1  # GGUF stores hyperparameters as uint32 and llama.cpp reads them as int32
+
+
+def _value(cfg: dict, key: str, default, where: str):
+    v = cfg.get(key)
     if v is None:
-        raise ConvertError(f"config.json has no {key!r}")
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ConvertError(f"config.json {key!r} must be a positive integer, got {v!r}")
+        if default is None:
+            raise ConvertError(f"{where} has no {key!r}")
+        return default
+    return v
+
+
+def integer(cfg: dict, key: str, default: int | None = None, lo: int = 1, where: str = "config.json") -> int:
+    """cfg[key] (default when absent or null) checked to be an integer (not a bool) in lo..INT_MAX; ConvertError
+    names `where` (the file, and the part of it cfg is) and the key."""
+    v = _value(cfg, key, default, where)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= INT_MAX:
+        raise ConvertError(f"{where} {key!r} must be an integer in {lo}..{INT_MAX}, got {reprlib.repr(v)}")
+    return v
+
+
+def number(cfg: dict, key: str, default: float | None = None, hi: float = math.inf,
+           where: str = "config.json") -> float:
+    """cfg[key] (default when absent or null) checked to be a finite number in (0, hi], as a float."""
+    v = _value(cfg, key, default, where)
+    x = math.nan
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        x = float(v) if abs(v) < 2**1000 else math.inf  # float() of a larger int overflows
+    if not (0 < x <= hi and math.isfinite(x)):
+        bound = f" <= {hi}" if hi < math.inf else ""
+        raise ConvertError(f"{where} {key!r} must be a positive finite number{bound}, got {reprlib.repr(v)}")
+    return x
+
+
+def table(cfg: dict, key: str, where: str = "config.json") -> dict:
+    """cfg[key] checked to be a JSON object ({} when absent or null)."""
+    v = cfg.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConvertError(f"{where} {key!r} must be an object, got {reprlib.repr(v)}")
     return v
 
 
 def vocab(cfg: dict, tied_default: bool = False) -> tuple:
     """(n_vocab, tied): config.json's vocab_size, and whether the output projection shares token_embd."""
-    return _int(cfg, "vocab_size"), bool(cfg.get("tie_word_embeddings", tied_default))
+    return integer(cfg, "vocab_size"), bool(cfg.get("tie_word_embeddings", tied_default))
 
 
 def hf_config(mod, arch: str, cfg: dict) -> tuple:
@@ -54,25 +93,28 @@ def hf_config(mod, arch: str, cfg: dict) -> tuple:
         raise ConvertError(f"config.json describes no valid {arch} model: {e}") from None
 
 
+ROPE = "config.json (RoPE)"  # `where` of rope_params' keys
+
+
 def rope_metadata(params: dict) -> dict:
     """`rope.*` keys from a rope parameter dict (transformers 5 `rope_parameters`, or older top-level keys)."""
-    md = {"rope.freq_base": float(params.get("rope_theta", 10000.0))}
+    md = {"rope.freq_base": number(params, "rope_theta", 10000.0, where=ROPE)}
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "linear":
-        md.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(params["factor"])})
-    elif kind == "yarn":
-        md.update({"rope.scaling.type": "yarn", "rope.scaling.factor": float(params["factor"]),
-                   "rope.scaling.original_context_length": int(params["original_max_position_embeddings"])})
-    elif kind != "default":
-        raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by the converter (default, linear, yarn)")
+    if kind not in ("default", "linear", "yarn"):
+        raise UnsupportedError(f"RoPE scaling {reprlib.repr(kind)} is not supported by the converter (default, "
+                               "linear, yarn)")
+    if kind != "default":
+        md.update({"rope.scaling.type": kind, "rope.scaling.factor": number(params, "factor", where=ROPE)})
+    if kind == "yarn":
+        md["rope.scaling.original_context_length"] = integer(params, "original_max_position_embeddings", where=ROPE)
     return md
 
 
 def rope_params(cfg: dict) -> dict:
     """The rope parameter dict of a text config in either transformers layout."""
-    params = dict(cfg.get("rope_parameters") or {})
+    params = dict(table(cfg, "rope_parameters"))
     if not params:
-        params = dict(cfg.get("rope_scaling") or {})
+        params = dict(table(cfg, "rope_scaling"))
         if "rope_theta" in cfg:
             params["rope_theta"] = cfg["rope_theta"]
     return params
@@ -81,24 +123,24 @@ def rope_params(cfg: dict) -> dict:
 def decoder_metadata(cfg: dict, rope: dict | None = None, layer_norm_eps: float | None = None) -> dict:
     """The common `{arch}.*` keys of a decoder (DESIGN §1) from config.json values under transformers' llama names
     (hidden_size, num_attention_heads, ...; an architecture naming them otherwise passes a renamed dict).
-    rope: rope parameters (rope_params), None without RoPE; layer_norm_eps: a LayerNorm's epsilon, None for
-    RMSNorm (config.json's rms_norm_eps)."""
-    n_embd, n_head = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
-    n_head_kv = _int(cfg, "num_key_value_heads", n_head)
+    rope: rope parameters (rope_params), None without RoPE; layer_norm_eps: a LayerNorm's epsilon (checked by the
+    caller, as `number` does), None for RMSNorm (config.json's rms_norm_eps)."""
+    n_embd, n_head = integer(cfg, "hidden_size"), integer(cfg, "num_attention_heads")
+    n_head_kv = integer(cfg, "num_key_value_heads", n_head)
     if n_head % n_head_kv:
         raise ConvertError(f"config.json num_attention_heads {n_head} is not a multiple of num_key_value_heads "
                            f"{n_head_kv}")
-    head_dim = _int({"head_dim": cfg.get("head_dim") or n_embd // n_head}, "head_dim")
+    head_dim = integer({"head_dim": cfg.get("head_dim") or n_embd // n_head}, "head_dim")
     md = {
-        "context_length": _int(cfg, "max_position_embeddings", 2048),
-        "embedding_length": n_embd, "block_count": _int(cfg, "num_hidden_layers"),
-        "feed_forward_length": _int(cfg, "intermediate_size"),
+        "context_length": integer(cfg, "max_position_embeddings", 2048),
+        "embedding_length": n_embd, "block_count": integer(cfg, "num_hidden_layers"),
+        "feed_forward_length": integer(cfg, "intermediate_size"),
         "attention.head_count": n_head, "attention.head_count_kv": n_head_kv,
     }
     if layer_norm_eps is None:
-        md["attention.layer_norm_rms_epsilon"] = float(cfg.get("rms_norm_eps", 1e-6))
+        md["attention.layer_norm_rms_epsilon"] = number(cfg, "rms_norm_eps", 1e-6)
     else:
-        md["attention.layer_norm_epsilon"] = float(layer_norm_eps)
+        md["attention.layer_norm_epsilon"] = layer_norm_eps
     if head_dim != n_embd // n_head:
         md.update({"attention.key_length": head_dim, "attention.value_length": head_dim})
     if rope is not None:

@@ -6,7 +6,7 @@ llama applies normal RoPE where qwen2 and gemma3 (unpermuted) apply neox RoPE.""
 
 from ..errors import ConvertError, UnsupportedError
 from .base import DecoderConfig
-from .hf import decoder_metadata, decoder_tensors, llama_layer, moe_layer, permute_rope, rope_params, vocab
+from .hf import decoder_metadata, decoder_tensors, integer, llama_layer, moe_layer, permute_rope, rope_params, vocab
 
 LAYER_TENSORS = ()  # beyond the common attn_norm, attn_{q,k,v,output}, ffn_norm, ffn_{gate,up,down}
 
@@ -23,8 +23,9 @@ HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalL
 
 def hf_metadata(cfg: dict) -> dict:
     md = decoder_metadata(cfg, rope_params(cfg))
-    if cfg.get("sliding_window"):  # Mistral
-        md["attention.sliding_window"] = int(cfg["sliding_window"])
+    window = integer(cfg, "sliding_window", 0, lo=0)  # Mistral
+    if window:
+        md["attention.sliding_window"] = window
     if "num_local_experts" in cfg:  # Mixtral
         md["expert_count"], md["expert_used_count"] = _experts(cfg)
     return md
@@ -32,9 +33,9 @@ def hf_metadata(cfg: dict) -> dict:
 
 def _experts(cfg: dict) -> tuple:
     """(num_local_experts, num_experts_per_tok) of a Mixtral config.json."""
-    n, k = cfg.get("num_local_experts"), cfg.get("num_experts_per_tok")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k)) or not 0 < k <= n:
-        raise ConvertError(f"config.json num_experts_per_tok {k!r} must be an integer in 1..num_local_experts {n!r}")
+    n, k = integer(cfg, "num_local_experts"), integer(cfg, "num_experts_per_tok")
+    if k > n:
+        raise ConvertError(f"config.json num_experts_per_tok {k} must not exceed num_local_experts {n}")
     return n, k
 
 

@@ -5,7 +5,7 @@ biases, sequential residual, output tied to token_embd."""
 from ..errors import UnsupportedError
 from ..gguf import meta
 from .base import DecoderConfig
-from .hf import classic_tensors, decoder_metadata, vocab
+from .hf import classic_tensors, decoder_metadata, number, table, vocab
 
 LAYER_TENSORS = ("attn_qkv.weight",)
 
@@ -23,7 +23,7 @@ HF_ARCHITECTURES = ("MptForCausalLM", "MPTForCausalLM")
 
 
 def hf_metadata(cfg: dict) -> dict:
-    attn = cfg.get("attn_config") or {}
+    attn = table(cfg, "attn_config")
     if (not attn.get("alibi", True) or attn.get("qk_ln") or attn.get("softmax_scale")
             or not cfg.get("no_bias", True) or attn.get("alibi_bias_max", 8) != 8
             or cfg.get("expansion_ratio", 4) != 4):  # transformers' MPT builds 4 * d_model MLPs and max bias 8
@@ -33,10 +33,10 @@ def hf_metadata(cfg: dict) -> dict:
     named = {"hidden_size": d_model, "num_attention_heads": cfg.get("n_heads"),
              "num_hidden_layers": cfg.get("n_layers"), "max_position_embeddings": cfg.get("max_seq_len", 2048),
              "intermediate_size": 4 * d_model if isinstance(d_model, int) else None}
-    md = decoder_metadata(named, layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5))
+    md = decoder_metadata(named, layer_norm_eps=number(cfg, "layer_norm_epsilon", 1e-5))
     md["attention.max_alibi_bias"] = 8.0
     if attn.get("clip_qkv"):
-        md["attention.clamp_kqv"] = float(attn["clip_qkv"])
+        md["attention.clamp_kqv"] = number(attn, "clip_qkv", where="config.json attn_config")
     return md
 
 

@@ -4,7 +4,7 @@ untied output with a bias (`output.bias`)."""
 
 from ..errors import UnsupportedError
 from .base import DecoderConfig
-from .hf import classic_tensors, decoder_metadata, rope_params, vocab, with_biases
+from .hf import ROPE, classic_tensors, decoder_metadata, number, rope_params, vocab, with_biases
 
 LAYER_TENSORS = ()
 
@@ -32,8 +32,9 @@ def hf_metadata(cfg: dict) -> dict:
     if cfg.get("hidden_act", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh") or cfg.get("qk_layernorm"):
         raise UnsupportedError("phi checkpoints need hidden_act gelu_new and no qk_layernorm")
     params = rope_params(cfg)
-    factor = float(params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5)))
-    md = decoder_metadata(cfg, params, cfg.get("layer_norm_eps", 1e-5))
+    factor = number(params, "partial_rotary_factor", number(cfg, "partial_rotary_factor", 0.5, hi=1.0), hi=1.0,
+                    where=ROPE)
+    md = decoder_metadata(cfg, params, number(cfg, "layer_norm_eps", 1e-5))
     md["rope.dimension_count"] = int(md["rope.dimension_count"] * factor)  # of head_dim
     return md
 

@@ -7,14 +7,16 @@ released once it is copied. Safetensors headers are parsed and validated here (b
 lacks); every problem raises ConvertError.
 """
 
-import json
+import math
 import mmap
 import os
+import reprlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConvertError
+from .jsonfile import parse_object, read_object
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors reference implementation's limit
 
@@ -35,20 +37,18 @@ class _SafetensorsFile:
 
     def __init__(self, path: Path):
         self.path = path
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                self._fail(f"only {size} bytes, too short for a header")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < 8:
+                    self._fail(f"only {size} bytes, too short for a header")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ConvertError(f"{path}: cannot read ({e})") from None
         n = int.from_bytes(self._map[:8], "little")
         if n > MAX_HEADER_BYTES or 8 + n > size:
             self._fail(f"header length {n} is impossible for a file of {size} bytes")
-        try:
-            header = json.loads(bytes(self._map[8:8 + n]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            self._fail(f"header is not valid JSON ({e})")
-        if not isinstance(header, dict):
-            self._fail("header is not a JSON object")
+        header = parse_object(bytes(self._map[8:8 + n]), f"{path}: corrupt safetensors file: header")
         header.pop("__metadata__", None)
         self.data_start, data_size = 8 + n, size - 8 - n
         self.entries = {name: self._entry(name, e, data_size) for name, e in header.items()}
@@ -60,14 +60,15 @@ class _SafetensorsFile:
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
             self._fail(f"tensor {name!r} needs dtype, shape and data_offsets")
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
-        if dtype not in _ST_DTYPES:
-            self._fail(f"tensor {name!r} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            self._fail(f"tensor {name!r} has an invalid shape {shape!r}")
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+            self._fail(f"tensor {name!r} has unsupported dtype {reprlib.repr(dtype)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63
+                                                  for d in shape):
+            self._fail(f"tensor {name!r} has an invalid shape {reprlib.repr(shape)}")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_size):
-            self._fail(f"tensor {name!r} data offsets {offsets!r} fall outside the {data_size} data bytes")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _ST_DTYPES[dtype].itemsize
+            self._fail(f"tensor {name!r} data offsets {reprlib.repr(offsets)} fall outside the {data_size} data bytes")
+        nbytes = math.prod(shape) * _ST_DTYPES[dtype].itemsize  # exact: numpy's int64 product could wrap to 0
         if offsets[1] - offsets[0] != nbytes:
             self._fail(f"tensor {name!r} of shape {shape} {dtype} needs {nbytes} bytes, offsets give "
                        f"{offsets[1] - offsets[0]}")
@@ -114,11 +115,14 @@ class _TorchFile:
 
 
 def _shard_files(model_dir: Path, index_name: str) -> list:
-    try:
-        weight_map = json.loads((model_dir / index_name).read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConvertError(f"{model_dir / index_name}: not a valid shard index ({e})") from None
+    weight_map = read_object(model_dir / index_name).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ConvertError(f"{model_dir / index_name}: not a valid shard index ('weight_map' must map tensor names "
+                           "to file names)")
+    files = sorted(set(weight_map.values()))
+    outside = [f for f in files if Path(f).name != f or f in ("", ".", "..")]
+    if outside:
+        raise ConvertError(f"{model_dir / index_name}: shard {outside[0]!r} is not a file name in {model_dir}")
     missing = [f for f in files if not (model_dir / f).is_file()]
     if missing:
         raise ConvertError(f"{model_dir}: shard(s) listed in {index_name} are missing: {', '.join(missing)}")

@@ -6,8 +6,8 @@ in its runtime/archs/<arch>.py (see runtime/archs/hf.py for that interface). Eve
 checked (none missing, none extra, shapes as config.json says) before anything is written.
 """
 
-import json
 import re
+import reprlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from .. import archs
 from ..archs.hf import IGNORED_SUFFIXES, hf_config
 from ..errors import ConvertError, UnsupportedError
 from .checkpoint import Checkpoint
+from .jsonfile import read_object
 from .plan import TypeChooser, scheme
 from .vocab import vocab_metadata
 from .writer import PlannedTensor, WriteResult, check_target, encode, finish, general_metadata, typed
@@ -24,23 +25,26 @@ __all__ = ["ConvertError", "convert", "find_architecture"]
 
 
 def read_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
     if not model_dir.is_dir():
         raise ConvertError(f"{model_dir}: not a directory")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)") from None
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"{path}: cannot read ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConvertError(f"{path}: not a JSON object")
-    return cfg
+    if not (model_dir / "config.json").is_file():
+        raise ConvertError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)")
+    return read_object(model_dir / "config.json")
+
+
+def _name(cfg: dict, model_dir: Path) -> str:
+    """general.name: config.json's `_name_or_path`, else the directory's name."""
+    name = cfg.get("_name_or_path") or model_dir.name
+    if not isinstance(name, str):
+        raise ConvertError(f"config.json '_name_or_path' must be a string, got {reprlib.repr(name)}")
+    return name
 
 
 def find_architecture(cfg: dict):
     """(GGUF arch name, arch module) for config.json's `architectures`."""
     names = cfg.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConvertError(f"config.json 'architectures' must be a list of class names, got {reprlib.repr(names)}")
     known = {}
     for arch, mod in archs.ARCHITECTURES.items():
         for hf in getattr(mod, "HF_ARCHITECTURES", ()):
@@ -56,6 +60,16 @@ def _order(name: str):
     """token_embd first, then blocks in numeric order, then output_norm / output."""
     m = re.match(r"blk\.(\d+)\.", name)
     return (1, int(m.group(1)), name) if m else (0 if name.startswith("token_embd") else 2, 0, name)
+
+
+def _check_layer_count(config, ckpt: Checkpoint):
+    """Every layer (every expert of one) has tensors of its own: a config.json describing more than the checkpoint
+    holds is refused before hf_tensors lists a name for each."""
+    n_expert = max(config.n_expert, 1)
+    if config.n_layer * n_expert > len(ckpt.names):
+        experts = f" of {config.n_expert} experts" if config.n_expert else ""
+        raise ConvertError(f"config.json describes {config.n_layer} layers{experts} but the checkpoint holds only "
+                           f"{len(ckpt.names)} tensors")
 
 
 def _check_tensors(ckpt: Checkpoint, expected: dict):
@@ -111,11 +125,12 @@ def convert(model_dir, outfile=None, outtype: str = "f16", *, force: bool = Fals
     if not dry_run:
         check_target(out, force)
     arch_md, config = hf_config(mod, arch, cfg)  # the Config the runtime will read from this file's metadata
-    expected = mod.hf_tensors(cfg, config)
     ckpt = Checkpoint(model_dir)
+    _check_layer_count(config, ckpt)
+    expected = mod.hf_tensors(cfg, config)
     _check_tensors(ckpt, expected)
     metadata = [typed(k, v) for k, v in arch_md.items()]
-    metadata += general_metadata(cfg.get("_name_or_path") or model_dir.name, s.file_type)
+    metadata += general_metadata(_name(cfg, model_dir), s.file_type)
     metadata += [typed(k, v) for k, v in vocab_metadata(model_dir, cfg).items()]
 
     by_gguf = _gguf_tensors(expected)

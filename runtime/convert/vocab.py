@@ -7,14 +7,18 @@
   vocabularies; we map the pre-tokenizer steps declared in tokenizer.json instead (names llama.cpp accepts,
   listed in PRE_TOKENIZERS; the normalizer is ignored, as llama.cpp does) and refuse other steps.
 - `tokenizer_config.json` (+ `chat_template.jinja`): special token ids, add_bos/add_eos, chat template.
+The files are untrusted input: every token id is checked to lie in the vocabulary and every value's type before it
+is used, and a problem is a ConvertError naming the file and the field.
 """
 
-import json
+import reprlib
 from pathlib import Path
 
 import numpy as np
 
+from ..archs.hf import integer, table
 from ..errors import ConvertError, UnsupportedError
+from .jsonfile import read_object, read_text
 
 # llama.cpp token types (llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -46,18 +50,27 @@ PRE_TOKENIZERS = {
 }
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"{path}: cannot read JSON ({e})") from None
+def _objects(v, where: str) -> list:
+    """v checked to be a list of JSON objects."""
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ConvertError(f"{where} must be a list of objects, got {reprlib.repr(v)}")
+    return v
 
 
-def _step(s: dict) -> tuple:
+def _token_id(i, bound: int, where: str) -> int:
+    """i checked to be a token id in 0..bound-1 (not a bool, a string or a float)."""
+    if not isinstance(i, int) or isinstance(i, bool):
+        raise ConvertError(f"{where} must be an integer token id, got {reprlib.repr(i)}")
+    if not 0 <= i < bound:
+        raise ConvertError(f"{where}: token id {i} is outside the vocabulary (0..{bound - 1})")
+    return i
+
+
+def _step(s: dict, where: str) -> tuple:
     """One tokenizer.json pre-tokenizer step as a comparable tuple (its type and the options that change ids)."""
     kind = s.get("type")
     if kind == "Split":
-        pattern = s.get("pattern") or {}
+        pattern = table(s, "pattern", where)
         return kind, pattern.get("Regex", pattern.get("String")), s.get("behavior"), bool(s.get("invert"))
     if kind == "ByteLevel":
         return kind, bool(s.get("add_prefix_space")), bool(s.get("use_regex", True))
@@ -69,21 +82,25 @@ def _step(s: dict) -> tuple:
 
 
 def _pre_tokenizer_name(tok: dict, path: Path) -> str:
-    pt = tok.get("pre_tokenizer") or {}
-    steps = tuple(map(_step, pt.get("pretokenizers", []) if pt.get("type") == "Sequence" else [pt]))
-    key = (steps, bool((tok.get("model") or {}).get("ignore_merges")))
-    if key not in PRE_TOKENIZERS:
-        raise UnsupportedError(f"{path}: BPE pre-tokenizer not recognized (steps {list(steps)}, ignore_merges "
-                               f"{key[1]}); known: {', '.join(PRE_TOKENIZERS.values())}")
-    return PRE_TOKENIZERS[key]
+    where = f"{path} 'pre_tokenizer'"
+    pt = table(tok, "pre_tokenizer", str(path))
+    steps = _objects(pt.get("pretokenizers") or [], where) if pt.get("type") == "Sequence" else [pt]
+    key = (tuple(_step(s, where) for s in steps), bool(table(tok, "model", str(path)).get("ignore_merges")))
+    # compared, not hashed: a step's values come from the file and may be lists
+    name = next((name for known, name in PRE_TOKENIZERS.items() if known == key), None)
+    if name is None:
+        raise UnsupportedError(f"{path}: BPE pre-tokenizer not recognized (steps {reprlib.repr(list(key[0]))}, "
+                               f"ignore_merges {key[1]}); known: {', '.join(PRE_TOKENIZERS.values())}")
+    return name
 
 
 def _token_content(t):
     return t.get("content") if isinstance(t, dict) else t
 
 
-def _special_ids(model_dir: Path, tcfg: dict, lookup, config: dict) -> dict:
-    """tokenizer.ggml.{bos,eos,unknown,padding}_token_id from tokenizer_config.json (config.json as fallback)."""
+def _special_ids(tcfg: dict, lookup: dict, config: dict, n_tokens: int) -> dict:
+    """tokenizer.ggml.{bos,eos,unknown,padding}_token_id from tokenizer_config.json (config.json as fallback; an id
+    outside the vocabulary there is ignored, as llama.cpp does)."""
     out = {}
     for kind, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
         text = _token_content(tcfg.get(f"{kind}_token"))
@@ -92,34 +109,45 @@ def _special_ids(model_dir: Path, tcfg: dict, lookup, config: dict) -> dict:
             tid = config.get(f"{kind}_token_id")
             if isinstance(tid, list):  # several eos ids: llama.cpp keeps the first
                 tid = tid[0] if tid else None
-        if isinstance(tid, int) and tid >= 0:
+        if isinstance(tid, int) and not isinstance(tid, bool) and 0 <= tid < n_tokens:
             out[f"tokenizer.ggml.{key}_token_id"] = tid
     return out
 
 
-def _chat_template(model_dir: Path, tcfg: dict):
+def _chat_template(model_dir: Path, tcfg: dict, tcfg_path: Path) -> str | None:
     path = model_dir / "chat_template.jinja"
     if path.is_file():
-        return path.read_text(encoding="utf-8")
+        return read_text(path)
+    where = f"{tcfg_path} 'chat_template'"
     tmpl = tcfg.get("chat_template")
     if isinstance(tmpl, list):  # named templates: llama.cpp writes the default one
-        tmpl = next((t.get("template") for t in tmpl if t.get("name") == "default"), None)
-    return tmpl if isinstance(tmpl, str) else None
+        tmpl = next((t.get("template") for t in _objects(tmpl, where) if t.get("name") == "default"), None)
+    if tmpl is not None and not isinstance(tmpl, str):
+        raise ConvertError(f"{where} must be a string or a list of {{name, template}} objects, got "
+                           f"{reprlib.repr(tmpl)}")
+    return tmpl
 
 
-def _template_ids(item: dict, specials: dict) -> list:
-    st = item.get("SpecialToken")
-    return specials.get(st.get("id"), {}).get("ids", []) if st else []
+def _template_ids(item: dict, specials: dict, where: str) -> list:
+    """The ids a TemplateProcessing item adds: its special token's ([] for a sequence)."""
+    st = table(item, "SpecialToken", where)
+    if not st:
+        return []
+    entry = specials.get(st.get("id")) if isinstance(st.get("id"), str) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("ids"), list):
+        raise ConvertError(f"{where}: special token {reprlib.repr(st.get('id'))} has no list of ids")
+    return entry["ids"]
 
 
-def _post_processor_adds(tok: dict, bos_id, eos_id) -> dict:
+def _post_processor_adds(tok: dict, path: Path, bos_id, eos_id) -> dict:
     """add_bos/add_eos implied by a TemplateProcessing post-processor (when tokenizer_config is silent)."""
-    pp = tok.get("post_processor") or {}
-    steps = pp.get("processors", []) if pp.get("type") == "Sequence" else [pp]
+    where = f"{path} 'post_processor'"
+    pp = table(tok, "post_processor", str(path))
+    steps = _objects(pp.get("processors") or [], where) if pp.get("type") == "Sequence" else [pp]
     for s in steps:
-        single, specials = s.get("single") or [{}], s.get("special_tokens", {})
         if s.get("type") == "TemplateProcessing":
-            first, last = _template_ids(single[0], specials), _template_ids(single[-1], specials)
+            single, specials = _objects(s.get("single") or [{}], where), table(s, "special_tokens", where)
+            first, last = _template_ids(single[0], specials, where), _template_ids(single[-1], specials, where)
             return {"add_bos_token": bos_id is not None and first[:1] == [bos_id],
                     "add_eos_token": eos_id is not None and last[-1:] == [eos_id]}
     return {}
@@ -148,37 +176,76 @@ def _sentencepiece(path: Path, n_vocab: int):
     return tokens, scores, types, add_space_prefix
 
 
+def _merges(model: dict, path: Path) -> list:
+    """model.merges as "a b" strings (tokenizers 0.20 and later write pairs ["a", "b"])."""
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise ConvertError(f"{path} model.merges must be a list, got {reprlib.repr(merges)}")
+    out = []
+    for m in merges:
+        if isinstance(m, list) and len(m) == 2 and all(isinstance(part, str) for part in m):
+            m = " ".join(m)
+        if not isinstance(m, str):
+            raise ConvertError(f"{path} model.merges: {reprlib.repr(m)} is not a pair of tokens")
+        out.append(m)
+    return out
+
+
 def _bpe(tok: dict, path: Path, n_vocab: int):
-    model = tok.get("model") or {}
+    """(tokens, token types, merges) of a byte-level BPE tokenizer.json, every id checked to lie in the vocabulary:
+    config.json's vocab_size, else as many ids as the file lists tokens."""
+    model = table(tok, "model", str(path))
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise UnsupportedError(f"{path}: tokenizer model {model.get('type')!r} is not supported without "
+        raise UnsupportedError(f"{path}: tokenizer model {reprlib.repr(model.get('type'))} is not supported without "
                                "tokenizer.model (supported: byte-level BPE)")
-    vocab = dict(model["vocab"])
-    for t in tok.get("added_tokens", []):
-        vocab[t["content"]] = t["id"]
-    n = max(n_vocab, max(vocab.values()) + 1)
+    added = _objects(tok.get("added_tokens") or [], f"{path} 'added_tokens'")
+    bound = n_vocab or len(model["vocab"]) + len(added)
+    vocab = {text: _token_id(i, bound, f"{path} model.vocab[{reprlib.repr(text)}]")
+             for text, i in model["vocab"].items()}
+    added_types = {}
+    for k, t in enumerate(added):
+        where = f"{path} added_tokens[{k}]"
+        if not isinstance(t.get("content"), str):
+            raise ConvertError(f"{where} needs a string 'content', got {reprlib.repr(t.get('content'))}")
+        if "id" not in t:
+            raise ConvertError(f"{where} has no 'id'")
+        i = vocab[t["content"]] = _token_id(t["id"], bound, f"{where} 'id'")
+        added_types[i] = CONTROL if t.get("special") else USER_DEFINED
+    n = max(n_vocab, max(vocab.values(), default=-1) + 1)
     tokens = [f"[PAD{i}]" for i in range(n)]
     types = np.full(n, UNUSED, np.int32)
     for text, i in vocab.items():
         tokens[i], types[i] = text, NORMAL
-    for t in tok.get("added_tokens", []):
-        types[t["id"]] = CONTROL if t.get("special") else USER_DEFINED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges, vocab
+    for i, kind in added_types.items():
+        types[i] = kind
+    return tokens, types, _merges(model, path)
+
+
+def _declared_tokens(tcfg: dict, tcfg_path: Path, tokens: list, types: np.ndarray, scores):
+    """Added tokens declared in tokenizer_config.json's added_tokens_decoder (SentencePiece models keep them only
+    there) written into tokens / types / scores (None for BPE); ids past the vocabulary are ignored, as llama.cpp
+    does."""
+    for sid, t in table(tcfg, "added_tokens_decoder", str(tcfg_path)).items():
+        if not (sid.isascii() and sid.isdigit()) or not isinstance(t, dict) or not isinstance(t.get("content"), str):
+            raise ConvertError(f"{tcfg_path} added_tokens_decoder[{reprlib.repr(sid)}] must map a token id to an "
+                               f"object with a string 'content', got {reprlib.repr(t)}")
+        i = int(sid) if len(sid) < 10 else len(tokens)  # int() of thousands of digits raises
+        if i < len(tokens):
+            tokens[i] = t["content"]
+            types[i] = CONTROL if t.get("special") else USER_DEFINED
+            if scores is not None:
+                scores[i] = -1000.0
 
 
 def _gpt2_files(model_dir: Path, tcfg: dict) -> dict:
     """vocab.json + merges.txt (GPT2Tokenizer's own files; OPT checkpoints ship only these) as the tokenizer.json
     they stand for: GPT-2's byte-level pre-tokenizer, and the special tokens tokenizer_config.json names (and
     added_tokens.json lists) as added tokens."""
-    vocab = _read_json(model_dir / "vocab.json")
-    try:
-        lines = (model_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConvertError(f"{model_dir / 'merges.txt'}: cannot read ({e})") from None
+    vocab = read_object(model_dir / "vocab.json")
+    lines = read_text(model_dir / "merges.txt").splitlines()
     added_path = model_dir / "added_tokens.json"
     added = [{"id": i, "content": t, "special": False}
-             for t, i in (_read_json(added_path) if added_path.is_file() else {}).items()]
+             for t, i in (read_object(added_path) if added_path.is_file() else {}).items()]
     specials = {_token_content(tcfg.get(f"{kind}_token")) for kind in ("bos", "eos", "unk", "pad")}
     added += [{"id": vocab[t], "content": t, "special": True} for t in specials if isinstance(t, str) and t in vocab]
     merges = [m for m in lines if m and not m.startswith("#version")]
@@ -189,33 +256,26 @@ def _gpt2_files(model_dir: Path, tcfg: dict) -> dict:
 def vocab_metadata(model_dir, config: dict) -> dict:
     """GGUF tokenizer.* keys for the tokenizer files in model_dir (numeric arrays as numpy)."""
     model_dir = Path(model_dir)
-    n_vocab = int(config.get("vocab_size") or 0)
+    n_vocab = integer(config, "vocab_size", 0, lo=0)
     tcfg_path = model_dir / "tokenizer_config.json"
-    tcfg = _read_json(tcfg_path) if tcfg_path.is_file() else {}
+    tcfg = read_object(tcfg_path) if tcfg_path.is_file() else {}
     md = {}
     if (model_dir / "tokenizer.model").is_file():
-        tokens, scores, types, add_space_prefix = _sentencepiece(model_dir / "tokenizer.model", n_vocab)
+        path, tok = model_dir / "tokenizer.model", {}
+        tokens, scores, types, add_space_prefix = _sentencepiece(path, n_vocab)
         md.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
                    "tokenizer.ggml.add_space_prefix": add_space_prefix})
-        tok = {}
     elif (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.json").is_file():
         json_path = model_dir / "tokenizer.json"
         path = json_path if json_path.is_file() else model_dir / "vocab.json"
-        tok = _read_json(path) if path == json_path else _gpt2_files(model_dir, tcfg)
-        tokens, types, merges, _ = _bpe(tok, path, n_vocab)
+        tok = read_object(path) if path == json_path else _gpt2_files(model_dir, tcfg)
+        tokens, types, merges = _bpe(tok, path, n_vocab)
         scores = None
         md.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _pre_tokenizer_name(tok, path)})
     else:
         raise ConvertError(f"{model_dir}: no tokenizer found (expected tokenizer.model, tokenizer.json or "
                            "vocab.json + merges.txt)")
-    # added tokens declared in tokenizer_config.json (SentencePiece models keep them only there)
-    for sid, t in (tcfg.get("added_tokens_decoder") or {}).items():
-        i = int(sid)
-        if i < len(tokens) and isinstance(t, dict) and "content" in t:
-            tokens[i] = t["content"]
-            types[i] = CONTROL if t.get("special") else USER_DEFINED
-            if scores is not None:
-                scores[i] = -1000.0
+    _declared_tokens(tcfg, tcfg_path, tokens, types, scores)
     if n_vocab and len(tokens) != n_vocab:
         raise ConvertError(f"{model_dir}: tokenizer has {len(tokens)} tokens but config.json vocab_size is {n_vocab}")
     md["tokenizer.ggml.tokens"] = tokens
@@ -224,12 +284,12 @@ def vocab_metadata(model_dir, config: dict) -> dict:
     md["tokenizer.ggml.token_type"] = types
     if md["tokenizer.ggml.model"] == "gpt2":
         if not merges:  # llama.cpp requires the key, and GGUF cannot store an empty array
-            raise UnsupportedError(f"{model_dir / 'tokenizer.json'}: a BPE tokenizer without merges cannot be "
-                                   "stored in GGUF")
+            raise UnsupportedError(f"{path}: a BPE tokenizer without merges cannot be stored in GGUF")
         md["tokenizer.ggml.merges"] = merges
     lookup = {t: i for i, t in enumerate(tokens)}
-    md.update(_special_ids(model_dir, tcfg, lookup, config))
-    adds = _post_processor_adds(tok, md.get("tokenizer.ggml.bos_token_id"), md.get("tokenizer.ggml.eos_token_id"))
+    md.update(_special_ids(tcfg, lookup, config, len(tokens)))
+    adds = _post_processor_adds(tok, path, md.get("tokenizer.ggml.bos_token_id"),
+                                md.get("tokenizer.ggml.eos_token_id"))
     for key in ("add_bos_token", "add_eos_token"):
         if isinstance(tcfg.get(key), bool):
             adds[key] = tcfg[key]
@@ -237,7 +297,7 @@ def vocab_metadata(model_dir, config: dict) -> dict:
             adds.setdefault(key, True)  # SentencePiece llama tokenizers add BOS unless told otherwise
         if key in adds:
             md[f"tokenizer.ggml.{key}"] = adds[key]
-    template = _chat_template(model_dir, tcfg)
+    template = _chat_template(model_dir, tcfg, tcfg_path)
     if template:
         md["tokenizer.chat_template"] = template
     return md

@@ -1,14 +1,17 @@
 """Streaming, all-or-nothing GGUF writing (shared by convert and quantize).
 
 `write_gguf` lays out header, metadata and tensor infos from a plan, then produces and writes one
-tensor at a time (peak memory: one tensor) into a temporary file next to the target, renamed only
-when complete. A failure or Ctrl-C removes the temporary file; an existing target needs force=True.
+tensor at a time (peak memory: one tensor) into a temporary file `.NAME.PID.partial` next to the target,
+renamed only when complete. A failure or Ctrl-C removes the temporary file, and the next write into the
+directory removes those a killed process left behind; an existing target needs force=True.
 """
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ..errors import ConvertError
 
 ALIGNMENT = 32
 QUANTIZATION_VERSION = 2
+_PARTIAL = re.compile(r"\..+\.(\d{1,9})\.partial")  # the temporary file of process (group 1)
 
 
 @dataclass
@@ -68,12 +72,22 @@ def typed(key: str, value) -> tuple:
     if isinstance(value, float):
         return key, value, GGUFValueType.FLOAT32, None
     if isinstance(value, str):
-        return key, value, GGUFValueType.STRING, None
+        return key, _utf8(key, [value])[0], GGUFValueType.STRING, None
     if isinstance(value, np.ndarray) and value.dtype in _ARRAY_TYPES:
         return key, value.tolist(), GGUFValueType.ARRAY, _ARRAY_TYPES[value.dtype]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return key, value, GGUFValueType.ARRAY, GGUFValueType.STRING
+        return key, _utf8(key, value), GGUFValueType.ARRAY, GGUFValueType.STRING
     raise TypeError(f"metadata {key!r}: cannot store {type(value).__name__}")
+
+
+def _utf8(key: str, texts: list) -> list:
+    """texts checked to be encodable as UTF-8 (a JSON string may hold a lone surrogate, which is not)."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConvertError(f"metadata {key!r} holds text that is not valid UTF-8 ({e.object[e.start:e.end]!r}: "
+                           f"{e.reason})") from None
+    return texts
 
 
 def check_target(path: Path, force: bool):
@@ -103,10 +117,32 @@ class Progress:
             sys.stderr.flush()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def remove_stale_partials(directory: Path):
+    """Delete the temporary files in directory of writes whose process is gone (killed before it could clean up:
+    SIGKILL, out of memory, power loss). A live process's file is kept, and so is a dead one's whose pid a new
+    process has taken."""
+    for p in directory.glob(".*.partial"):
+        m = _PARTIAL.fullmatch(p.name)
+        if m and not _alive(int(m.group(1))):
+            with suppress(OSError):
+                p.unlink()
+
+
 def write_gguf(path, arch: str, metadata: list, tensors: list, *, force: bool = False, progress=None):
     """metadata: (key, value, GGUFValueType, element type) tuples; tensors: PlannedTensor in file order."""
     path = Path(path)
     check_target(path, force)
+    remove_stale_partials(path.parent)
     tmp = path.parent / f".{path.name}.{os.getpid()}.partial"
     show = sys.stderr.isatty() if progress is None else progress
     bar = Progress(len(tensors), sum(t.nbytes for t in tensors), show)
@@ -127,9 +163,13 @@ def write_gguf(path, arch: str, metadata: list, tensors: list, *, force: bool = 
             bar.step(t.nbytes)
         writer.close()
         os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with suppress(OSError):  # the failure may be the file system's: closing and removing may fail too
+            writer.close()
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a directory we may not write, a full disk, /proc
+            raise ConvertError(f"cannot write {path}: {e}") from None
         raise
 
 
