@@ -11,6 +11,7 @@ from .errors import (
     ContextOverflowError,
     FetchError,
     GGUFError,
+    GPUError,
     LlambaError,
     NumericsError,
     TokenizerError,
@@ -20,7 +21,7 @@ from .errors import (
 __all__ = [
     "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
-    "NumericsError",
+    "NumericsError", "GPUError",
 ]
 
 _LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat"}

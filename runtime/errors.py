@@ -31,3 +31,7 @@ class ConvertError(LlambaError):
 
 class NumericsError(LlambaError):
     """A model produced NaN or infinite values (damaged weights, or a wrong conversion)."""
+
+
+class GPUError(LlambaError):
+    """GPU offload was asked for (n_gpu_layers) and cannot run: numba-cuda, a driver or a GPU is missing."""

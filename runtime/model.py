@@ -131,9 +131,10 @@ def _moe_weights(w: Weights, c, p: str) -> dict:
 
 
 class Model:
-    """A loaded model: `forward(tokens, pos)` runs tokens at positions pos.. and fills the KV cache."""
+    """A loaded model: `forward(tokens, pos)` runs tokens at positions pos.. and fills the KV cache.
+    n_gpu_layers: the last layers (and the head past n_layer) run on the GPU (runtime/gpu), `gpu` the offload."""
 
-    def __init__(self, gguf: GGUFFile, config, n_ctx: int):
+    def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
@@ -158,7 +159,12 @@ class Model:
             self.layers.append(DecoderLayer(_layer_weights(w, c, il, required), c.n_head, c.n_head_kv, c.head_dim,
                                             ropes.get(key), c.scale, c.layer_window(il), c.activation,
                                             c.parallel_residual, alibi, c.clamp_kqv))
-        self.cache = KVCache(c.n_layer, c.n_head_kv, n_ctx, c.head_dim)
+        self.gpu = None
+        if n_gpu_layers:
+            from .gpu import offload_layers
+            self.gpu = offload_layers(self, n_gpu_layers, main_gpu)
+            self.layers = self.layers[:self.gpu.placement.first]  # the CPU's share
+        self.cache = KVCache(len(self.layers), c.n_head_kv, n_ctx, c.head_dim)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
     def _buffers_for(self, n: int) -> Buffers:
@@ -194,6 +200,8 @@ class Model:
             self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
                 layer(b, pos + i, self.cache.k[il], self.cache.v[il])
+            if self.gpu is not None:
+                self.gpu.forward(b.x, pos + i)  # the offloaded layers; b.x comes back unless the head is there too
             if all_logits:
                 self._head(b.x, b.h, logits[i:i + chunk.size])
         if not all_logits:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
@@ -202,12 +210,15 @@ class Model:
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
-        linear(head or self.output, self.output_norm(x, tmp), out, self.output_bias)
-        cap = self.config.final_logit_softcap
-        if cap:
-            out /= cap
-            np.tanh(out, out=out)
-            out *= cap
+        if self.gpu is not None and self.gpu.head is not None:
+            self.gpu.logits(out)  # of the last m positions, from the device
+        else:
+            linear(head or self.output, self.output_norm(x, tmp), out, self.output_bias)
+            cap = self.config.final_logit_softcap
+            if cap:
+                out /= cap
+                np.tanh(out, out=out)
+                out *= cap
         if not np.isfinite(out.max()):  # NaN propagates through max: one reduction per call
             raise NumericsError(f"{self.gguf.path}: the model produced NaN or infinite logits; "
                                 + nonfinite_tensors(self.gguf))
@@ -217,7 +228,7 @@ class Model:
         """Compile (or load) every kernel this model runs, before the first token: see runtime/warmup.py."""
         from .warmup import warmup
 
-        return warmup(self, progress)
+        return warmup(self, progress) + (self.gpu.warmup(self.n_ctx) if self.gpu is not None else 0)
 
 
 def nonfinite_tensors(gguf: GGUFFile) -> str:
@@ -229,8 +240,9 @@ def nonfinite_tensors(gguf: GGUFFile) -> str:
     return f"tensors holding NaN or infinity: {listed}{' and more' if len(bad) > 3 else ''} (a damaged file?)"
 
 
-def load_model(src, n_ctx: int | None = None) -> Model:
-    """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096)."""
+def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: int = 0) -> Model:
+    """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096); n_gpu_layers,
+    main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only)."""
     gguf = src if isinstance(src, GGUFFile) else GGUFFile(os.fspath(src))
     config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
     if n_ctx is None:
@@ -241,7 +253,7 @@ def load_model(src, n_ctx: int | None = None) -> Model:
         raise ContextOverflowError(f"n_ctx {n_ctx} exceeds the {config.context_length} positions {config.arch} was "
                                    f"trained for ({config.arch}.context_length); use at most that")
     _check_memory(config, int(n_ctx))
-    return Model(gguf, config, int(n_ctx))
+    return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu)
 
 
 def _check_memory(config, n_ctx: int) -> None:

@@ -131,7 +131,7 @@ def _scratch(model, layer, n_ctx: int):
     c = model.config
     m = copy.copy(model)
     rows = min(model.n_vocab, ROWS)
-    m.layers, m.n_ctx, m.n_vocab, m._buffers = [layer], n_ctx, rows, {}
+    m.layers, m.n_ctx, m.n_vocab, m._buffers, m.gpu = [layer], n_ctx, rows, {}, None
     m.cache = KVCache(1, c.n_head_kv, n_ctx, c.head_dim)
     m.output, m.batch_output = (QMatrix(h.raw[:rows], h.qtype, h.n_cols, h.path)
                                 for h in (model.output, model.batch_output))

@@ -3,7 +3,7 @@
   target.py     numba-cuda found on demand, the device opened (one clear error line), Kernel: compiled on first
                 launch and counted; the simulator's Python twins of the njit functions kernels call
   reduce.py     block-wide sums and maxima through shared memory
-  matvec.py     one warp per row over quant.quads (decode, MoE experts)
+  matvec.py     one warp per group of rows over quant.quads (decode, small batches, MoE experts)
   matmul.py     shared-memory tiles over quant.quads (prompt batches)
   norm.py       RMSNorm / LayerNorm of rows or heads
   rope.py       RoPE (normal, neox) of Q and K, K and V stored in the f16 KV cache

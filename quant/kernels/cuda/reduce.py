@@ -6,20 +6,6 @@ jit = njit(inline="always")
 
 
 @jit
-def lanes_sum(part, w):
-    """The sum of part[w, :32] (shared), left in part[w, 0]; every thread of the block must call it (it syncs)."""
-    lane = cuda.threadIdx.x
-    cuda.syncthreads()
-    s = 16
-    while s > 0:
-        if lane < s:
-            part[w, lane] += part[w, lane + s]
-        cuda.syncthreads()
-        s //= 2
-    return part[w, 0]
-
-
-@jit
 def block_reduce(v, scratch, take_max):
     """Sum (or max) of v over the 1-D block; scratch: shared float32 of blockDim.x (a power of two) entries. Every
     thread gets the result, and scratch is free again on return."""

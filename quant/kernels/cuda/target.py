@@ -10,6 +10,7 @@ functions it reaches.
 
 import functools
 import importlib.util
+import math
 import types
 from dataclasses import dataclass
 
@@ -51,8 +52,10 @@ class DeviceInfo:
     compute_capability: tuple
 
     def __str__(self) -> str:
-        return (f"GPU {self.index}: {self.name} (compute {self.compute_capability[0]}.{self.compute_capability[1]}, "
-                f"{self.free_bytes / 2**30:.1f} of {self.total_bytes / 2**30:.1f} GiB free)")
+        cc = ".".join(map(str, self.compute_capability))
+        memory = (f", {self.free_bytes / 2**30:.1f} of {self.total_bytes / 2**30:.1f} GiB free"
+                  if math.isfinite(self.total_bytes) else "")
+        return f"GPU {self.index}: {self.name} (compute {cc}{memory})"
 
 
 def open_device(index: int = 0) -> DeviceInfo:
@@ -93,12 +96,17 @@ def _first_line(e: Exception) -> str:
 
 # ---- kernels ----
 
-_launches = 0
+_launches = _compiles = 0
 
 
 def launches() -> int:
     """Kernels launched so far in this process (per-token figures are differences of two readings)."""
     return _launches
+
+
+def compiles() -> int:
+    """Kernels compiled so far in this process (each on its first launch)."""
+    return _compiles
 
 
 def blocks_for(n: int, per_block: int) -> int:
@@ -113,6 +121,12 @@ def stride_grid(n: int) -> tuple:
     return min(blocks_for(n, STRIDE_THREADS), 1024), STRIDE_THREADS
 
 
+@functools.cache
+def nothing(dtype=np.float32):
+    """A zero-length device array: a kernel's absent optional argument (a bias, expert ids)."""
+    return cuda().to_device(np.zeros(0, dtype))
+
+
 class Kernel:
     """A CUDA kernel compiled on its first launch (the simulator runs its python_twin); `k[grid, block](*args)`."""
 
@@ -122,6 +136,8 @@ class Kernel:
 
     @functools.cached_property
     def compiled(self):
+        global _compiles
+        _compiles += 1
         return cuda().jit(python_twin(self.fn) if simulating() else self.fn)
 
     def __getitem__(self, launch: tuple):
