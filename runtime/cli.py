@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from . import registry
+from . import gpu, registry
 from .errors import LlambaError
 
 DEFAULT_MAX_TOKENS = 256
@@ -25,6 +25,7 @@ def _model_options(p: argparse.ArgumentParser):
     p.add_argument("-c", "--ctx-size", type=int, default=None,
                    help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    gpu.add_arguments(p)
 
 
 def _sampling_options(p: argparse.ArgumentParser):
@@ -59,7 +60,11 @@ def _sampling_params(args):
 
 def _load(args):
     from .llm import LLM  # imported lazily: `llamba list`/`pull` start without numba
-    return LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, special=args.special)
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, special=args.special,
+              n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
+    if llm.model.gpu is not None:
+        print(f"llamba: offloaded {llm.model.gpu}", file=sys.stderr)
+    return llm
 
 
 def _summary(llm) -> str:

@@ -85,6 +85,8 @@ class LLM:
     here, with a progress line on stderr (`k/N`, only when something compiles), and never during a generation;
     `load_seconds` and `warmup_seconds` time the two, and generation speeds never include them.
     `special`: default for the calls' `special` (print special tokens such as `<|im_end|>` as text).
+    `n_gpu_layers`, `main_gpu`: run the last layers on a GPU (llama.cpp's -ngl: past the layer count the output head
+    too, -1 everything; needs `pip install -e ".[cuda]"`); `model.gpu` then says what went where.
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
     min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
@@ -102,11 +104,11 @@ class LLM:
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, seed: int | None = None, warmup: bool = True,
-                 special: bool = False):
+                 special: bool = False, n_gpu_layers: int = 0, main_gpu: int = 0):
         self.n_threads = check_threads(n_threads)
         self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
-        self.model = load_model(self.path, n_ctx)
+        self.model = load_model(self.path, n_ctx, n_gpu_layers, main_gpu)
         self.tokenizer = Tokenizer.from_gguf(self.model.gguf.metadata)
         self.load_seconds = time.perf_counter() - start
         self.warmup_seconds, self.kernels_compiled = 0.0, 0

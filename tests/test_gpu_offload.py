@@ -10,13 +10,16 @@ tokens. Measured in the simulator: 3e-5 (gpt2, phi2) to 2.9e-4 (gemma3, llama q4
 are smaller (one layer's fp16 cache instead of two).
 """
 
-import cuda_env  # noqa: F401  (first: picks the GPU or the simulator)
+import os
+import subprocess
+import sys
+
+import cuda_env  # noqa: I001  (first: picks the GPU or the simulator)
 import numpy as np
 import pytest
 from hf_models import MODELS, bpe_tokenizer, save_model
 
 from runtime.convert import convert
-from runtime.errors import GPUError
 from runtime.gpu.placement import place
 from runtime.model import load_model
 
@@ -97,12 +100,48 @@ def test_placement():
     assert str(place(24, 3)) == "layers 21-23 (3 of 24)"
 
 
-def test_missing_gpu_is_one_clear_error(tiny, monkeypatch):
-    from quant.kernels.cuda import target
+def test_cli_offloads(tiny, capsys):
+    """`llamba run -ngl 99` says what it placed where, and writes the CPU's greedy text."""
+    from runtime.cli import main
 
-    def no_driver(index):
-        raise target.CudaUnavailable("GPU offload needs an NVIDIA driver, and none was found (libcuda.so)")
+    argv = ["run", "-m", str(tiny("llama")), "-p", "the lazy dog", "-n", "3", "--temp", "0", "-c", "64"]
+    assert main(argv) == 0
+    cpu = capsys.readouterr().out
+    assert main(argv + ["-ngl", "99"]) == 0
+    out, err = capsys.readouterr()
+    assert out == cpu
+    assert "llamba: offloaded layers 0-1 (2 of 2) and the output head on GPU 0: " in err
 
-    monkeypatch.setattr(target, "open_device", no_driver)
-    with pytest.raises(GPUError, match=r"cannot offload layers to the GPU \(-ngl 99\): .*NVIDIA driver"):
-        load_model(tiny("llama"), n_ctx=8, n_gpu_layers=99)
+
+def _cli_error(tiny, code: str) -> str:
+    """stderr of `llamba run -ngl 1` in a fresh process (the real numba.cuda, not the simulator) after `code`."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, "-c", f"{code}; from runtime.cli import main; import sys; sys.exit(main("
+                          f"['run', '-m', {str(tiny('llama'))!r}, '-p', 'hi', '-n', '1', '-ngl', '1']))"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and run.stdout == ""
+    return run.stderr
+
+
+def test_no_numba_cuda_is_one_clear_error(tiny):
+    err = _cli_error(tiny, "import sys; sys.modules['numba_cuda'] = None")
+    assert err == 'error: -ngl 1: GPU offload needs numba-cuda, which is not installed: pip install -e ".[cuda]"\n'
+
+
+@pytest.mark.skipif(cuda_env.REAL_GPU, reason="this machine has a GPU")
+def test_no_driver_is_one_clear_error(tiny):
+    err = _cli_error(tiny, "pass")
+    assert err.startswith("error: -ngl 1: GPU offload needs the NVIDIA driver, which is missing or failed (")
+    assert err.count("\n") == 1
+
+
+def test_bench_reports_the_offload(tiny):
+    """`llamba bench -ngl 99`: the backend column says CUDA, a line says what went where and how many kernels a
+    generated token launches."""
+    from runtime.eval.bench import markdown, plan, run_bench
+
+    rep = run_bench(tiny("llama"), plan([40], [2], []), [1], 1, n_gpu_layers=99)
+    table = markdown(rep)
+    assert "| llamba CUDA | 1 | pp40 |" in table
+    assert ("llamba offload: layers 0-1 (2 of 2) and the output head on GPU 0: " in table
+            and f"MiB of weights and KV cache, {9 * 2 + 2} launches per token" in table)

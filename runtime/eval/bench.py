@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import gpu
 from ..errors import LlambaError
 from .timing import peak_rss_bytes, time_test
 
@@ -101,17 +102,26 @@ class ModelInfo:
 class LlambaEngine:
     name = "llamba"
 
-    def __init__(self, path, n_ctx: int, threads: int):
+    def __init__(self, path, n_ctx: int, threads: int, n_gpu_layers: int = 0, main_gpu: int = 0):
         from ..llm import CompileProgress
         from ..model import load_model
 
         self.version = importlib.metadata.version("llamba")
         self.set_threads(threads)
         t0 = time.perf_counter()
-        self.model = load_model(path, n_ctx)
+        self.model = load_model(path, n_ctx, n_gpu_layers, main_gpu)
         self.load_seconds = time.perf_counter() - t0
         # every kernel compiled (progress on stderr) or loaded now: no compilation in the timed runs or the TTFT
         self.model.warmup(progress=CompileProgress())
+        self.offload = "" if self.model.gpu is None else f"{self.model.gpu}, {self._launches()} launches per token"
+
+    def _launches(self) -> int:
+        """GPU kernels launched by one decode step."""
+        from quant.kernels.cuda import target
+
+        start = target.launches()
+        self.model.forward(np.zeros(1, np.int32), 0)
+        return target.launches() - start
 
     def set_threads(self, n: int):
         from ..threads import check_threads, set_threads
@@ -160,6 +170,7 @@ class EngineStats:
     load_s: float
     ttft_s: float | None = None  # first prompt right after loading (cold caches): the first pp test's warm-up
     peak_rss: int = 0
+    offload: str = ""  # what runs on the GPU (-ngl), with launches per token
 
 
 @dataclass
@@ -183,8 +194,10 @@ class Report:
 
 
 def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, compare: str | None = None,
-              bandwidth_gb: float = 0.0, seed: int = 0, progress=None) -> Report:
-    """Load the engines, run every test at every thread count (interleaved), then the bandwidth probe."""
+              bandwidth_gb: float = 0.0, seed: int = 0, progress=None, n_gpu_layers: int = 0,
+              main_gpu: int = 0) -> Report:
+    """Load the engines, run every test at every thread count (interleaved), then the bandwidth probe;
+    n_gpu_layers, main_gpu: llamba's GPU offload (the peer runs on the CPU)."""
     if repetitions < 1:
         raise LlambaError(f"repetitions must be >= 1, got {repetitions}")
     if compare is not None:
@@ -194,12 +207,12 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
 
         check_installed()  # before loading anything
     n_ctx = max(t.depth + t.n_tokens for t in tests)
-    engines = [LlambaEngine(path, n_ctx, threads[0])]
+    engines = [LlambaEngine(path, n_ctx, threads[0], n_gpu_layers, main_gpu)]
     try:
         if compare is not None:
             engines.append(LlamaCppEngine(path, n_ctx, threads[0]))
         model = ModelInfo.of(engines[0].model.gguf, engines[0].model.n_vocab)
-        stats = [EngineStats(e.name, e.version, e.load_seconds) for e in engines]
+        stats = [EngineStats(e.name, e.version, e.load_seconds, offload=e.offload) for e in engines]
         results = _run_tests(engines, stats, model, tests, threads, repetitions, seed, progress)
         for e, s in zip(engines, stats, strict=True):
             s.peak_rss = e.peak_rss()  # before the bandwidth probe's array
@@ -252,8 +265,10 @@ def markdown(rep: Report) -> str:
     m, bw = rep.model, bool(rep.bandwidth)
     head = "| model | size | params | backend | threads | test | t/s |" + (" % of bw bound |" if bw else "")
     lines = [head, "|---|---:|---:|---|---:|---:|---:|" + ("---:|" if bw else "")]
+    offloaded = {e.name for e in rep.engines if e.offload}
     for r in rep.results:
-        cells = [m.desc, _size(m.size), _params(m.n_params), f"{r.engine} CPU", str(r.threads), r.test.name,
+        backend = f"{r.engine} {'CUDA' if r.engine in offloaded else 'CPU'}"
+        cells = [m.desc, _size(m.size), _params(m.n_params), backend, str(r.threads), r.test.name,
                  f"{r.mean:.2f} ± {r.sd:.2f}"]
         if bw:
             cells.append(f"{100 * r.mean / rep.bound(r.threads):.0f}%" if r.test.n_gen else "")
@@ -271,6 +286,8 @@ def markdown(rep: Report) -> str:
         ttft = f"{1000 * e.ttft_s:.0f} ms" if e.ttft_s is not None else "-"
         lines.append(f"{e.name} ({e.version}): load {e.load_s:.2f} s | time to first token (first "
                      f"pp, cold) {ttft} | peak RSS {e.peak_rss / 2**20:.0f} MiB")
+        if e.offload:
+            lines.append(f"{e.name} offload: {e.offload}")
     for th, gbps in rep.bandwidth.items():
         lines.append(f"bandwidth {th}T: {gbps:.1f} GB/s streaming read; {m.bytes_per_token / 1e6:.1f} MB of weights "
                      f"per token -> tg bound {rep.bound(th):.1f} t/s")
@@ -297,7 +314,7 @@ def as_json(rep: Report) -> dict:
     ratios = [{"test": t.name, "n_threads": th, "ratio": rep.result(names[0], th, t).mean
                / rep.result(names[1], th, t).mean} for th in rep.threads for t in rep.tests] if len(names) == 2 else []
     engines = [{"name": e.name, "version": e.version, "load_s": e.load_s, "ttft_s": e.ttft_s,
-                "peak_rss_bytes": e.peak_rss} for e in rep.engines]
+                "peak_rss_bytes": e.peak_rss, "offload": e.offload} for e in rep.engines]
     return {"results": results, "engines": engines, "ratios": ratios,
             "bandwidth_gbps": {str(k): v for k, v in rep.bandwidth.items()},
             "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions}
@@ -317,6 +334,7 @@ def add_arguments(p: argparse.ArgumentParser):
                    "count, after the tests) and show tg as a fraction of its bound")
     p.add_argument("--bw-gb", type=float, default=1.0, help="array size of the bandwidth probe, GB")
     p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    gpu.add_arguments(p)
 
 
 def main(args) -> int:
@@ -329,6 +347,7 @@ def main(args) -> int:
                  int_list(args.ctx_depth, "--ctx-depth") if args.ctx_depth else [])
     # stdout: the table (or JSON) only; progress, compile progress and llama.cpp's messages go to stderr
     rep = run_bench(resolve_model(args.model), tests, threads, args.repetitions, args.compare,
-                    args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                    args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                    n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
     print(json.dumps(as_json(rep), indent=1) if args.json else markdown(rep))
     return 0

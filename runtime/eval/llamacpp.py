@@ -49,6 +49,7 @@ def check_installed():
 
 class LlamaCppEngine:
     name = "llama.cpp"
+    offload = ""  # the peer runs on the CPU
 
     def __init__(self, path, n_ctx: int, threads: int):
         check_installed()

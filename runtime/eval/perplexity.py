@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import gpu
 from ..errors import ContextOverflowError, LlambaError
 
 DEFAULT_N_CTX = 512
@@ -326,6 +327,7 @@ def add_arguments(p):
                    help="tokens per chunk; the second half of each is scored (default: %(default)s)")
     p.add_argument("--chunks", type=int, default=None, help="score at most this many chunks (default: all)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    gpu.add_arguments(p)
     p.add_argument("--kl-divergence", action="store_true",
                    help="compare the model on --kernels with the float reference of the same file (KL divergence, "
                         "delta p, same top token, both perplexities), as llama.cpp's --kl-divergence reports")
@@ -362,7 +364,7 @@ def run_args(args) -> int:
         return _run_kl(args, text)
     if args.kernels is not None or args.kl_mode != "decode":
         raise LlambaError("--kernels and --kl-mode apply to --kl-divergence only")
-    model = load_model(resolve_model(args.model), n_ctx=args.ctx_size)
+    model = load_model(resolve_model(args.model), args.ctx_size, args.n_gpu_layers, args.main_gpu)
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
     print(f"perplexity: {args.file}, chunks of {args.ctx_size} tokens", file=sys.stderr)
     result = text_perplexity(model, tokenizer, text, args.ctx_size, args.chunks,
@@ -384,7 +386,7 @@ def _run_kl(args, text: str) -> int:
     path = resolve_model(args.model)
     kernels = args.kernels or quant.matrix.DEFAULT_PATH
     with kernel_path(kernels):
-        model = load_model(path, n_ctx=args.ctx_size)
+        model = load_model(path, args.ctx_size, args.n_gpu_layers, args.main_gpu)
     with kernel_path("float"):
         reference = load_model(path, n_ctx=args.ctx_size)
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)

@@ -28,7 +28,7 @@ def offload_layers(model, n_gpu_layers: int, main_gpu: int = 0):
     try:
         device = target.open_device(main_gpu)
     except target.CudaUnavailable as e:
-        raise GPUError(f"cannot offload layers to the GPU (-ngl {n_gpu_layers}): {e}") from None
+        raise GPUError(f"-ngl {n_gpu_layers}: {e}") from None
     from .offload import GPUOffload
 
     return GPUOffload(model, n_gpu_layers, device)

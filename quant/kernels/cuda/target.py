@@ -9,7 +9,6 @@ functions it reaches.
 """
 
 import functools
-import importlib.util
 import math
 import types
 from dataclasses import dataclass
@@ -30,8 +29,10 @@ class CudaUnavailable(RuntimeError):
 @functools.cache
 def cuda():
     """numba.cuda, or CudaUnavailable when numba-cuda is not installed."""
-    if importlib.util.find_spec("numba_cuda") is None:
-        raise CudaUnavailable(f"GPU offload needs numba-cuda, which is not installed: {EXTRA}")
+    try:
+        import numba_cuda  # noqa: F401  (numba.cuda without it is numba's old, removed target)
+    except ImportError:
+        raise CudaUnavailable(f"GPU offload needs numba-cuda, which is not installed: {EXTRA}") from None
     from numba import cuda
     return cuda
 
@@ -65,7 +66,11 @@ def open_device(index: int = 0) -> DeviceInfo:
     try:
         n = len(cu.gpus)
     except CudaSupportError as e:
-        raise CudaUnavailable(f"GPU offload needs an NVIDIA driver, and none was found ({_first_line(e)})") from None
+        if "NO_DEVICE" in str(e):  # cuInit: CUDA_ERROR_NO_DEVICE
+            n = 0
+        else:
+            raise CudaUnavailable(f"GPU offload needs the NVIDIA driver, which is missing or failed ({_detail(e)})"
+                                  ) from None
     if n == 0:
         raise CudaUnavailable("GPU offload needs a CUDA GPU, and the NVIDIA driver reports none")
     if not 0 <= index < n:
@@ -86,12 +91,13 @@ def _check_compiler() -> None:
     try:
         nvvm.NVVM()
     except NvvmSupportError as e:
-        raise CudaUnavailable(f"the CUDA compiler library (libNVVM) is missing ({_first_line(e)}): {EXTRA}") from None
+        raise CudaUnavailable(f"the CUDA compiler library (libNVVM) is missing ({_detail(e)}): {EXTRA}") from None
 
 
-def _first_line(e: Exception) -> str:
+def _detail(e: Exception) -> str:
+    """The line of a numba-cuda error that says what went wrong (not its 'Error at driver init' heading)."""
     lines = [s.strip(" :") for s in str(e).splitlines() if s.strip(" :")]
-    return lines[-1] if lines else type(e).__name__
+    return next((s for s in lines if not s.startswith("Error at")), lines[0] if lines else type(e).__name__)
 
 
 # ---- kernels ----
