@@ -261,18 +261,29 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def markdown(rep: Report) -> str:
-    m, bw = rep.model, bool(rep.bandwidth)
+def markdown(*reps: Report) -> str:
+    """llama-bench's table: one row per model, engine, thread count and test; then each model's notes."""
+    bw = any(rep.bandwidth for rep in reps)
     head = "| model | size | params | backend | threads | test | t/s |" + (" % of bw bound |" if bw else "")
     lines = [head, "|---|---:|---:|---|---:|---:|---:|" + ("---:|" if bw else "")]
-    offloaded = {e.name for e in rep.engines if e.offload}
-    for r in rep.results:
-        backend = f"{r.engine} {'CUDA' if r.engine in offloaded else 'CPU'}"
-        cells = [m.desc, _size(m.size), _params(m.n_params), backend, str(r.threads), r.test.name,
-                 f"{r.mean:.2f} ± {r.sd:.2f}"]
-        if bw:
-            cells.append(f"{100 * r.mean / rep.bound(r.threads):.0f}%" if r.test.n_gen else "")
-        lines.append("| " + " | ".join(cells) + " |")
+    for rep in reps:
+        m = rep.model
+        offloaded = {e.name for e in rep.engines if e.offload}
+        for r in rep.results:
+            backend = f"{r.engine} {'CUDA' if r.engine in offloaded else 'CPU'}"
+            cells = [m.desc, _size(m.size), _params(m.n_params), backend, str(r.threads), r.test.name,
+                     f"{r.mean:.2f} ± {r.sd:.2f}"]
+            if bw:
+                cells.append(f"{100 * r.mean / rep.bound(r.threads):.0f}%" if r.test.n_gen and rep.bandwidth else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    for rep in reps:
+        lines += _notes(rep, len(reps) > 1)
+    return "\n".join(lines)
+
+
+def _notes(rep: Report, named: bool) -> list[str]:
+    """The ratio table of a comparison and the lines under the table (named: prefixed with the model)."""
+    m, lines = rep.model, []
     names = [e.name for e in rep.engines]
     if len(names) == 2:
         lines += ["", f"| test | threads | {names[0]} t/s | {names[1]} t/s | {names[0]} / {names[1]} |",
@@ -282,6 +293,8 @@ def markdown(rep: Report) -> str:
                 a, b = rep.result(names[0], th, t), rep.result(names[1], th, t)
                 lines.append(f"| {t.name} | {th} | {a.mean:.2f} | {b.mean:.2f} | {a.mean / b.mean:.2f} |")
     lines.append("")
+    if named:
+        lines.append(f"{m.desc} ({m.filename}):")
     for e in rep.engines:
         ttft = f"{1000 * e.ttft_s:.0f} ms" if e.ttft_s is not None else "-"
         lines.append(f"{e.name} ({e.version}): load {e.load_s:.2f} s | time to first token (first "
@@ -296,7 +309,7 @@ def markdown(rep: Report) -> str:
                      "the memory bound")
     lines.append(f"{rep.repetitions} repetitions after one warm-up; machine: {platform.machine()}, "
                  f"{platform.processor() or platform.system()}")
-    return "\n".join(lines)
+    return lines
 
 
 def as_json(rep: Report) -> dict:
@@ -321,7 +334,8 @@ def as_json(rep: Report) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("-m", "--model", default=None, help="GGUF path or known model name (default: the default model)")
+    p.add_argument("-m", "--model", default=None,
+                   help="GGUF paths or known model names, comma-separated: one table (default: the default model)")
     p.add_argument("-p", "--n-prompt", default="512", help="prompt lengths, comma-separated (default: %(default)s)")
     p.add_argument("-n", "--n-gen", default="128", help="generated tokens, comma-separated (default: %(default)s)")
     p.add_argument("-t", "--threads", default=None, help="thread counts, comma-separated (default: all cores)")
@@ -346,8 +360,12 @@ def main(args) -> int:
     tests = plan(int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n"),
                  int_list(args.ctx_depth, "--ctx-depth") if args.ctx_depth else [])
     # stdout: the table (or JSON) only; progress, compile progress and llama.cpp's messages go to stderr
-    rep = run_bench(resolve_model(args.model), tests, threads, args.repetitions, args.compare,
-                    args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True),
-                    n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
-    print(json.dumps(as_json(rep), indent=1) if args.json else markdown(rep))
+    reps = [run_bench(resolve_model(m), tests, threads, args.repetitions, args.compare,
+                      args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                      n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
+            for m in (args.model.split(",") if args.model else [None])]
+    if args.json:
+        print(json.dumps(as_json(reps[0]) if len(reps) == 1 else [as_json(r) for r in reps], indent=1))
+    else:
+        print(markdown(*reps))
     return 0
