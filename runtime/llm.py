@@ -7,7 +7,8 @@
         print(piece, end="", flush=True)
 
 llama-cpp-python's high-level calls (`create_completion`, `llm(...)`, `create_chat_completion`, OpenAI-shaped dicts)
-come from runtime/completions.py: code written for `llama_cpp.Llama` runs with `from runtime import LLM as Llama`.
+come from runtime/completions.py, their asyncio versions and `astream` from runtime/aio.py: code written for
+`llama_cpp.Llama` runs with `from runtime import LLM as Llama`.
 """
 
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import completions, registry
+from . import aio, completions, registry
 from .errors import LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
@@ -242,6 +243,10 @@ class LLM:
         bos = template_variables(self.model.gguf.metadata)["bos_token"]
         return False if bos and text.startswith(bos) else None
 
-    # llama-cpp-python's high-level calls, OpenAI-shaped dicts (runtime/completions.py)
+    # llama-cpp-python's high-level calls, OpenAI-shaped dicts (runtime/completions.py), and asyncio versions
+    # whose kernels run in a worker thread, cancelled with the awaiting task (runtime/aio.py)
     create_completion = __call__ = completions.create_completion
     create_chat_completion = completions.create_chat_completion
+    acreate_completion = aio.acreate_completion
+    acreate_chat_completion = aio.acreate_chat_completion
+    astream = aio.astream
