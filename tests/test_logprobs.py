@@ -8,7 +8,7 @@ import torch
 from gguf_reference import reference_model
 
 from runtime import LLM
-from runtime.logprobs import LogprobRecorder, log_softmax
+from runtime.logprobs import LogprobRecorder, log_softmax, top_ids
 
 PROMPT = "The three primary colors are"
 
@@ -85,3 +85,11 @@ def test_recorder_bounds(llm):
     assert none.take()[0].top == [] and len(every.take()[0].top) == llm.n_vocab
     assert every.take() == []  # handed out once
     np.testing.assert_allclose(np.exp(log_softmax(logits)).sum(), 1.0)
+
+
+@pytest.mark.parametrize("n", [50, 4096, 151936, 151937])
+def test_top_ids_are_the_k_largest(n):
+    rng = np.random.default_rng(n)
+    for logits in (rng.normal(size=n).astype(np.float32), rng.integers(0, 4, n).astype(np.float32)):  # ties too
+        for k in (0, 1, 5, 64, n):
+            np.testing.assert_array_equal(top_ids(logits, k), np.argsort(-logits, kind="stable")[:k])
