@@ -93,7 +93,7 @@ class LLM:
     and its performance-only keywords such as n_gpu_layers: see completions.llama_init_args).
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
-    min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
+    min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed, logit_bias); temperature <= 0
     is greedy. Consecutive calls reuse the KV cache for the prompt prefix they share; the last prompt token is
     then evaluated alone, which rounds differently in the last bits than the same token inside a batch, so a
     sampled continuation can differ at a near-tie. `reset()` first makes a seeded call bit-for-bit repeatable.
