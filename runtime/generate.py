@@ -11,7 +11,7 @@ kernels before the first token, and any kernel compiled later is not counted as 
 """
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -105,11 +105,12 @@ class StopMatcher:
         self.held = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit, whether a stop string was reached). After a hit, nothing more is emitted."""
+        """(text safe to emit, whether a stop string was reached). A caller stops feeding at a hit; the text from
+        the stop string on is then held (flush() returns it, for callers that want what follows)."""
         buf = self.held + text
         hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
         if hits:
-            self.held = ""
+            self.held = buf[min(hits):]
             return buf[:min(hits)], True
         keep = self._partial_tail(buf)
         self.held = buf[len(buf) - keep:]
@@ -132,13 +133,14 @@ class StopMatcher:
 
 def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int | None, sampler: Sampler,
              stop: Sequence[str] = (), cancel=None, stats: GenerationStats | None = None,
-             special: bool = False) -> Iterator[str]:
+             special: bool = False, on_token: Callable[[int, np.ndarray], None] | None = None) -> Iterator[str]:
     """Yield text pieces of the continuation of `prompt_ids`.
 
     max_tokens None (or < 0) runs until an end-of-generation token or a full context. `cancel` is any
     object with `is_set()` (e.g. threading.Event), checked before every token (the prompt batch runs
     uninterrupted). Raises ContextOverflowError at the first next(), before any work, when the prompt does
-    not fit in the context. special: print special tokens as their text.
+    not fit in the context. special: print special tokens as their text. `on_token(token, logits)` sees each
+    generated token (as stats.tokens) with the raw logits (n_vocab,) it was sampled from, before its text.
     """
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(prompt_ids)
@@ -170,6 +172,8 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
             history.append(token)
             stats.tokens.append(token)
             stats.n_generated += 1
+            if on_token is not None:
+                on_token(token, logits)
             text, hit = matcher.feed(decoder.feed(token))
             if text:
                 with clock.paused():

@@ -5,6 +5,10 @@
     print(llm.generate("The capital of France is", max_tokens=16, temperature=0))
     for piece in llm.chat([{"role": "user", "content": "Hi!"}], stream=True):
         print(piece, end="", flush=True)
+
+llama-cpp-python's high-level calls (`create_completion`, `llm(...)`, `create_chat_completion`, OpenAI-shaped dicts)
+come from runtime/completions.py, their asyncio versions and `astream` from runtime/aio.py: code written for
+`llama_cpp.Llama` runs with `from runtime import LLM as Llama`.
 """
 
 import os
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import registry
+from . import aio, completions, registry
 from .errors import LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
@@ -85,9 +89,11 @@ class LLM:
     here, with a progress line on stderr (`k/N`, only when something compiles), and never during a generation;
     `load_seconds` and `warmup_seconds` time the two, and generation speeds never include them.
     `special`: default for the calls' `special` (print special tokens such as `<|im_end|>` as text).
+    `verbose`: show the compile progress line. llama_cpp.Llama's conventions are accepted too (n_ctx=0, seed=-1,
+    and its performance-only keywords such as n_gpu_layers: see completions.llama_init_args).
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
-    min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
+    min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed, logit_bias); temperature <= 0
     is greedy. Consecutive calls reuse the KV cache for the prompt prefix they share; the last prompt token is
     then evaluated alone, which rounds differently in the last bits than the same token inside a batch, so a
     sampled continuation can differ at a near-tie. `reset()` first makes a seeded call bit-for-bit repeatable.
@@ -102,7 +108,8 @@ class LLM:
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, seed: int | None = None, warmup: bool = True,
-                 special: bool = False):
+                 special: bool = False, verbose: bool = True, **llama_kwargs):
+        n_ctx, seed = completions.llama_init_args(n_ctx, seed, llama_kwargs)
         self.n_threads = check_threads(n_threads)
         self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
@@ -113,7 +120,7 @@ class LLM:
         if warmup:
             start = time.perf_counter()
             self._set_threads()
-            self.kernels_compiled = self.model.warmup(progress=CompileProgress())
+            self.kernels_compiled = self.model.warmup(progress=CompileProgress() if verbose else None)
             self.warmup_seconds = time.perf_counter() - start
         self.seed, self.special = seed, special
         self.last_stats = GenerationStats()  # of the most recent generation
@@ -156,30 +163,36 @@ class LLM:
         fields = {**(vars(sampling) if sampling is not None else {}), **kwargs}
         if fields.get("seed") is None:
             fields["seed"] = self.seed
-        return SamplingParams(**fields)
+        params = SamplingParams(**fields)
+        if params.logit_bias and params.logit_bias[-1][0] >= self.n_vocab:  # pairs sorted by id
+            raise ValueError(f"logit_bias token id {params.logit_bias[-1][0]} is outside the vocabulary "
+                             f"(0..{self.n_vocab - 1})")
+        return params
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                cancel=None, sampling: SamplingParams | None = None, special: bool | None = None,
+               on_token: Callable[[int, np.ndarray], None] | None = None, stats: GenerationStats | None = None,
                **kwargs) -> Iterator[str]:
         """Iterator of text pieces continuing `prompt` (text, or token ids used as given).
 
         Stops at an end-of-generation token, `max_tokens` (None: until the context is full), a `stop`
         string (never included), when `cancel.is_set()` (e.g. a threading.Event), or when the caller
         breaks out. Special tokens are left out of the text unless `special` (None: the LLM's default).
-        Statistics land in `self.last_stats`.
+        `on_token(token, logits)` sees each generated token with the raw logits it was sampled from (see
+        generate). Statistics land in `self.last_stats` (and in `stats` when given, which no other call replaces).
         """
         params = self.sampling_params(sampling, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         self._ctx.check_fits(len(ids))  # fail at the call, not at the first piece
         special = self.special if special is None else special
-        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special)
+        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special, on_token, stats)
 
-    def _stream(self, ids, max_tokens, params, stop, cancel, special) -> Iterator[str]:
+    def _stream(self, ids, max_tokens, params, stop, cancel, special, on_token, stats) -> Iterator[str]:
         with self._lock:
             self._set_threads()
-            self.last_stats = GenerationStats()
+            self.last_stats = stats if stats is not None else GenerationStats()
             yield from generate(self._ctx, self.tokenizer, ids, max_tokens, Sampler(params), stop, cancel,
-                                self.last_stats, special)
+                                self.last_stats, special, on_token)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                  cancel=None, callback: Callable[[str], None] | None = None,
@@ -193,28 +206,35 @@ class LLM:
                 callback(piece)
         return "".join(pieces)
 
-    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        """`messages` rendered with the model's chat template (ChatML when it has none)."""
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+                    tools: Sequence[dict] | None = None) -> str:
+        """`messages` rendered with the model's chat template (ChatML when it has none); `tools` (function
+        schemas, [{'type': 'function', 'function': {...}}, ...]) reach the template as transformers passes them."""
         from .chat import render, template_variables  # Jinja2 is imported only when a chat needs it
 
         return render(list(messages), self.tokenizer.chat_template, add_generation_prompt=add_generation_prompt,
-                      **template_variables(self.model.gguf.metadata))
+                      tools=tools, **template_variables(self.model.gguf.metadata))
 
     def chat(self, messages: Sequence[dict], stream: bool = False, max_tokens: int | None = 256, *,
              stop: str | Sequence[str] = (), cancel=None, sampling: SamplingParams | None = None,
              special: bool | None = None, **kwargs) -> str | Iterator[str]:
         """The assistant's reply to `messages` ([{'role': 'user', 'content': ...}, ...]): a string, or an
         iterator of pieces when stream=True. Other arguments as in `stream`."""
-        text = self.chat_prompt(messages)
-        ids = self.tokenize(text, add_bos=self._chat_bos(text))
-        stop = _stop_list(stop) + ([] if self.tokenizer.chat_template else [CHATML_STOP])
-        if not self.tokenizer.chat_template and not self._warned_template:
-            self._warned_template = True
-            warnings.warn(f"{self.path.name} has no chat template (a base model?): using ChatML, which it may not "
-                          "follow", NoChatTemplateWarning, stacklevel=2)
+        ids, stop = self._chat_input(messages, stop)
         if stream:
             return self.stream(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
         return self.generate(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
+
+    def _chat_input(self, messages, stop, tools=None) -> tuple[list[int], list[str]]:
+        """The prompt ids of `messages` and the stop strings (ChatML's end tag added when the model has no template,
+        with a warning the first time)."""
+        text = self.chat_prompt(messages, tools=tools)
+        ids = self.tokenize(text, add_bos=self._chat_bos(text))
+        if not self.tokenizer.chat_template and not self._warned_template:
+            self._warned_template = True
+            warnings.warn(f"{self.path.name} has no chat template (a base model?): using ChatML, which it may not "
+                          "follow", NoChatTemplateWarning, stacklevel=3)
+        return ids, _stop_list(stop) + ([] if self.tokenizer.chat_template else [CHATML_STOP])
 
     def _chat_bos(self, text: str) -> bool | None:
         """No BOS token when the template already wrote one (as llama.cpp does); else the model's default."""
@@ -222,3 +242,11 @@ class LLM:
 
         bos = template_variables(self.model.gguf.metadata)["bos_token"]
         return False if bos and text.startswith(bos) else None
+
+    # llama-cpp-python's high-level calls, OpenAI-shaped dicts (runtime/completions.py), and asyncio versions
+    # whose kernels run in a worker thread, cancelled with the awaiting task (runtime/aio.py)
+    create_completion = __call__ = completions.create_completion
+    create_chat_completion = completions.create_chat_completion
+    acreate_completion = aio.acreate_completion
+    acreate_chat_completion = aio.acreate_chat_completion
+    astream = aio.astream
