@@ -1,7 +1,7 @@
 """The decode loop: prompt as one batch, then one token at a time until a stop condition.
 
-Stop conditions: an end-of-generation token (never emitted) or the sampler's grammar complete (stop_reason "eog"
-too: only such a token could follow), max_tokens, a stop string (never emitted;
+Stop conditions: an end-of-generation token (never emitted), the sampler's grammar complete (stop_reason "eog"
+as well: only such a token could follow), max_tokens, a stop string (never emitted;
 a partial match is held back while streaming), a full context, or a cancellation handle set by
 another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
 characters split across tokens are never broken; special tokens (control tokens, tag-like user-defined ones)

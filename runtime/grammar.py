@@ -10,8 +10,8 @@ llguidance sees each token id as the exact bytes it stands for (Tokenizer.token_
 space, <0xAB> byte tokens as their byte, GPT-2's byte-level alphabet undone), markup tokens (control tokens and
 tag-shaped user-defined ones, which text output drops) as special, so no grammar matches them unless it names
 them, and the end-of-generation tokens as its EOS: they are allowed exactly when the text so far is complete.
-A SentencePiece model that adds a space prefix drops the leading space of the first generated token from the
-text (Tokenizer.decode), while the grammar saw it: JSON allows that space, other grammars rarely produce one.
+A SentencePiece model that adds a space prefix drops a leading space of the first generated token from its text
+(Tokenizer.decode) while the grammar saw it, so only a grammar that allows a leading space can see text differ.
 
 JSON whitespace is bounded as llama.cpp's json-schema-to-grammar bounds it (a space, or one or two newlines and up
 to 20 spaces or tabs), so a sampled run cannot spin in whitespace forever; a schema's own "x-guidance"
