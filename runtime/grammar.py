@@ -21,7 +21,6 @@ is not complete.
 
 import json
 import weakref
-from collections.abc import Callable
 
 import llguidance
 import numpy as np
@@ -89,22 +88,22 @@ class Constraint:
 
     def _check(self):
         if self._matcher.is_error():
-            raise GrammarError(f"grammar: {self._matcher.get_error()}")
+            raise GrammarError(f"invalid grammar for this vocabulary: {self._matcher.get_error()}")
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """A float32 copy of `logits` (n_vocab,) with every token the grammar forbids next at -inf."""
+        """A copy of `logits` (n_vocab,) with every token the grammar forbids next at -inf."""
         fill_next_token_bitmask(self._matcher, self._bits)
         self._check()
-        # bit i of little-endian word j allows token 32 j + i; ids past the vocabulary stay forbidden
-        allowed = np.flatnonzero(np.unpackbits(self._bits.view(np.uint8), bitorder="little")[:len(logits)])
-        out = np.full(len(logits), -np.inf, np.float32)  # (n_vocab,)
-        out[allowed] = logits[allowed]
-        return out
+        # bit i of little-endian word j allows token 32 j + i
+        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[:len(logits)].view(bool)  # (n_vocab,)
+        if allowed.size < len(logits):
+            raise GrammarError(f"the model scores {len(logits)} tokens but its tokenizer has {allowed.size} at most")
+        return np.where(allowed, logits, np.float32(-np.inf))
 
     def advance(self, token: int) -> None:
         """Consume the sampled `token`; GrammarError if the grammar forbids it (it was not sampled from a mask)."""
         if not self._matcher.consume_token(int(token)):
-            raise GrammarError(f"token {token} leaves the grammar: {self._matcher.get_error()}")
+            raise GrammarError(f"token {token} leaves the grammar: {self._matcher.get_error().splitlines()[0]}")
 
     @property
     def done(self) -> bool:
@@ -161,26 +160,20 @@ def ll_tokenizer(tokenizer) -> llguidance.LLTokenizer:
 
 
 class _Vocabulary:
-    """What llguidance.TokenizerWrapper reads: each id's bytes, the markup ids, EOS/BOS, and text -> ids."""
+    """What llguidance.TokenizerWrapper reads: each id's bytes, the markup ids, EOS/BOS, and text -> ids. It holds
+    the tokenizer weakly: the cache's entry (whose LLTokenizer holds this) must not keep its own key alive."""
 
     def __init__(self, tokenizer):
         ids = range(tokenizer.n_vocab)
         self.tokens = [tokenizer.token_bytes(i) for i in ids]
         self.special_token_ids = [i for i in ids if tokenizer.is_markup(i)]
         self.eos_token_id, self.bos_token_id = tokenizer.eos_id, tokenizer.bos_id
-        self._encode = _exact_encoder(tokenizer)
+        self._tokenizer = weakref.ref(tokenizer)
+        # a SentencePiece space prefix would add a space: encode behind a sentinel byte and drop the sentinel's ids
+        # (as llguidance's llama.cpp bridge does)
+        self._sentinel = _SENTINEL if tokenizer.add_space_prefix else ""
+        self._n_sentinel = len(tokenizer.encode(self._sentinel, add_bos=False, special=False))
 
-    def __call__(self, text: str) -> list:  # bytes raise (TokenizerWrapper's probe), so it passes str
-        return self._encode(text)
-
-
-def _exact_encoder(tokenizer) -> Callable[[str], list]:
-    """text -> ids standing for exactly its bytes. With a space prefix, SentencePiece would add a space: encode
-    behind a sentinel byte and drop the sentinel's ids (as llguidance's llama.cpp bridge does)."""
-    def encode(text: str) -> list:
-        return tokenizer.encode(text, add_bos=False, special=False)
-
-    if not tokenizer.add_space_prefix:
-        return encode
-    n_head = len(encode(_SENTINEL))
-    return lambda text: encode(_SENTINEL + text)[n_head:]
+    def __call__(self, text: str) -> list:
+        """Ids standing for exactly the bytes of `text` (bytes raise: TokenizerWrapper's probe then passes str)."""
+        return self._tokenizer().encode(self._sentinel + text, add_bos=False, special=False)[self._n_sentinel:]

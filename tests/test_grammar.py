@@ -6,8 +6,10 @@ GBNF and Lark grammars with several seeds at temperature 1 and greedily, and eve
 validate, ending because the grammar was complete (stop_reason "eog"), never at max_tokens.
 """
 
+import gc
 import json
 import re
+import weakref
 
 import jsonschema
 import numpy as np
@@ -79,6 +81,15 @@ def test_llguidance_sees_the_bytes_llamba_decodes(source, model_path, vocab_dir)
     anything = Grammar.from_lark(r"start: /(.|\n)*/").constraint(tok)
     masked = anything.mask(np.zeros(tok.n_vocab, np.float32))
     assert np.isneginf(masked[empty]).all() and np.isfinite(masked).sum() > tok.n_vocab // 2
+
+
+def test_cached_llguidance_tokenizer_does_not_keep_its_tokenizer_alive(vocab_dir):
+    tok = _tokenizer(vocab_dir / "ggml-vocab-llama-spm.gguf")
+    alive = weakref.ref(tok)
+    Grammar.json_object().constraint(tok)
+    del tok
+    gc.collect()
+    assert alive() is None
 
 
 # ---------------------------------------------------------------- the sampler's mask
