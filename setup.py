@@ -18,6 +18,7 @@ setup(
         "tokenizers>=0.19",
         "jinja2>=3.1",
         "threadpoolctl>=3.1",
+        "llguidance>=1.9,<2",  # structured output: grammar masks (runtime/grammar.py)
     ],
     extras_require={
         "test": [
@@ -30,6 +31,7 @@ setup(
             "safetensors",
             "protobuf",
             "ruff",
+            "jsonschema",  # tests/test_grammar.py validates constrained outputs
         ],
         "interop": ["llama-cpp-python==0.3.36"],
     },

@@ -4,13 +4,14 @@
     llm = LLM()  # the default model (see runtime.registry), or LLM("path/to/model.gguf")
     text = llm.generate("Once upon a time", max_tokens=32, temperature=0)
 
-The API (LLM, load, SamplingParams) is imported on first use, so `import runtime.gguf` stays light.
+The API (LLM, load, SamplingParams, Grammar) is imported on first use, so `import runtime.gguf` stays light.
 """
 
 from .errors import (
     ContextOverflowError,
     FetchError,
     GGUFError,
+    GrammarError,
     LlambaError,
     NumericsError,
     TokenizerError,
@@ -18,12 +19,13 @@ from .errors import (
 )
 
 __all__ = [
-    "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
+    "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError", "Grammar",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
-    "NumericsError",
+    "NumericsError", "GrammarError",
 ]
 
-_LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat"}
+_LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat",
+         "Grammar": "grammar"}
 
 
 def load(model=None, **kwargs):

@@ -9,7 +9,7 @@ to its text, their logprobs to its logprobs (tokens whose text a stop string cut
 
 Not supported, an error unless left at llama-cpp-python's default: suffix, typical_p, tfs_z, mirostat_mode,
 stopping_criteria, logits_processor, and echo with logprobs (it needs the prompt's logits). Structured output
-(response_format, grammar, a forced tool_choice) waits for runtime/grammar.py: see `_constraint`.
+(response_format, grammar, a forced tool_choice) is runtime/grammar.py's token mask: see `_grammar`.
 """
 
 import time
@@ -61,7 +61,7 @@ def create_completion(llm, prompt, suffix=None, max_tokens=16, temperature=0.8, 
     ids = llm.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
     prompt_text = prompt if isinstance(prompt, str) else llm.detokenize(ids)
     gen = _Generation(llm, ids, max_tokens, stop, _sampling(locals()), logprobs, None, cancel,
-                      _constraint(_output_schema(None, grammar, None)))
+                      _grammar(None, grammar, None))
     shape = None if logprobs is None else (lambda e: completion_logprobs(llm.tokenizer, e, len(prompt_text)))
     head = _head("cmpl", model or str(llm.path))
     prefix = prompt_text if echo else ""
@@ -87,7 +87,7 @@ def create_chat_completion(llm, messages, functions=None, function_call=None, to
     _check_supported(typical_p=typical_p, tfs_z=tfs_z, mirostat_mode=mirostat_mode, logits_processor=logits_processor)
     tools, tool_choice = _legacy_functions(functions, function_call, tools, tool_choice)
     shown, forced = tool_plan(tools, tool_choice)
-    constraint = _constraint(_output_schema(response_format, grammar, forced))
+    constraint = _grammar(response_format, grammar, forced)
     ids, stop = llm._chat_input(template_messages(messages), stop or (), tools=shown)
     parse = shown is not None  # the markup of calls is special tokens: kept in the text for the parser
     gen = _Generation(llm, ids, max_tokens, stop, _sampling(locals()), (top_logprobs or 0) if logprobs else None,
@@ -205,29 +205,25 @@ def _legacy_functions(functions, function_call, tools, tool_choice):
     return tools, tool_choice
 
 
-def _output_schema(response_format, grammar, forced_call) -> dict | None:
-    """The JSON schema the reply must follow (None: free text) for a response_format ("text", "json_object"
-    with an optional "schema", or OpenAI's "json_schema") or a forced tool call."""
+def _grammar(response_format, grammar, forced_call) -> dict:
+    """LLM.stream's `grammar` keyword ({} for free text) for `grammar` (a runtime.grammar.Grammar or a GBNF string),
+    a forced tool call's schema, or a response_format: "text", "json_object" with an optional "schema" (as
+    llama-cpp-python spells it), or OpenAI's "json_schema"."""
+    from .grammar import Grammar  # llguidance is imported only when a call constrains its output
+
     if grammar is not None:
-        raise LlambaError("grammar= (a GBNF grammar) is not available yet: structured output needs runtime/grammar.py")
+        return {"grammar": grammar}
     if forced_call is not None:
-        return forced_call
+        return {"grammar": Grammar.from_json_schema(forced_call)}
     kind = (response_format or {}).get("type", "text")
     if kind == "text":
-        return None
-    if kind == "json_object":
-        return response_format.get("schema") or {"type": "object"}
-    if kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
-        return response_format["json_schema"].get("schema") or {"type": "object"}
-    raise LlambaError("response_format must be {'type': 'text'}, {'type': 'json_object', 'schema': ...} or "
-                      f"{{'type': 'json_schema', 'json_schema': {{'schema': ...}}}}, got {response_format!r}")
-
-
-def _constraint(schema: dict | None) -> dict:
-    """LLM.stream keywords that make the decode follow `schema`; {} for free text. Structured output is
-    runtime/grammar.py's constraint applied by the Sampler (another branch): wiring it replaces the raise with
-    the one line that builds that keyword from the schema."""
-    if schema is None:
         return {}
-    raise LlambaError("structured output (response_format, a forced tool_choice) is not available yet: it needs "
-                      "runtime/grammar.py")
+    schema = None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+    elif kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+        schema = response_format["json_schema"].get("schema")
+    else:
+        raise LlambaError("response_format must be {'type': 'text'}, {'type': 'json_object', 'schema': ...} or "
+                          f"{{'type': 'json_schema', 'json_schema': {{'schema': ...}}}}, got {response_format!r}")
+    return {"grammar": Grammar.from_json_schema(schema) if schema else Grammar.json_object()}

@@ -31,3 +31,7 @@ class ConvertError(LlambaError):
 
 class NumericsError(LlambaError):
     """A model produced NaN or infinite values (damaged weights, or a wrong conversion)."""
+
+
+class GrammarError(LlambaError):
+    """A JSON schema, grammar or response_format is invalid, or a constrained generation left its grammar."""

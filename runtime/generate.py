@@ -1,6 +1,7 @@
 """The decode loop: prompt as one batch, then one token at a time until a stop condition.
 
-Stop conditions: an end-of-generation token (never emitted), max_tokens, a stop string (never emitted;
+Stop conditions: an end-of-generation token (never emitted), the sampler's grammar complete (stop_reason "eog"
+as well: only such a token could follow), max_tokens, a stop string (never emitted;
 a partial match is held back while streaming), a full context, or a cancellation handle set by
 another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
 characters split across tokens are never broken; special tokens (control tokens, tag-like user-defined ones)
@@ -169,6 +170,7 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
             if token in eog:
                 stats.stop_reason = "eog"
                 break
+            sampler.accept(token)
             history.append(token)
             stats.tokens.append(token)
             stats.n_generated += 1
@@ -181,6 +183,9 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
             if hit:
                 stats.stop_reason = "stop"
                 return
+            if sampler.finished:
+                stats.stop_reason = "eog"
+                break
             if stats.n_generated < limit:
                 if ctx.full:
                     stats.stop_reason = "context"

@@ -170,7 +170,7 @@ class LLM:
         return params
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
-               cancel=None, sampling: SamplingParams | None = None, special: bool | None = None,
+               cancel=None, sampling: SamplingParams | None = None, special: bool | None = None, grammar=None,
                on_token: Callable[[int, np.ndarray], None] | None = None, stats: GenerationStats | None = None,
                **kwargs) -> Iterator[str]:
         """Iterator of text pieces continuing `prompt` (text, or token ids used as given).
@@ -178,6 +178,9 @@ class LLM:
         Stops at an end-of-generation token, `max_tokens` (None: until the context is full), a `stop`
         string (never included), when `cancel.is_set()` (e.g. a threading.Event), or when the caller
         breaks out. Special tokens are left out of the text unless `special` (None: the LLM's default).
+        `grammar` constrains the text to a language and stops when it is complete: a runtime.grammar.Grammar
+        (`Grammar.from_json_schema(schema)`, `Grammar.json_object()`, `Grammar.from_lark(text)`,
+        `Grammar.from_string(gbnf)`) or a GBNF string (llama.cpp's format); invalid ones raise GrammarError.
         `on_token(token, logits)` sees each generated token with the raw logits it was sampled from (see
         generate). Statistics land in `self.last_stats` (and in `stats` when given, which no other call replaces).
         """
@@ -185,22 +188,28 @@ class LLM:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         self._ctx.check_fits(len(ids))  # fail at the call, not at the first piece
         special = self.special if special is None else special
-        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special, on_token, stats)
+        constraint = None
+        if grammar is not None:
+            from .grammar import as_constraint  # llguidance is imported only when a call constrains its output
 
-    def _stream(self, ids, max_tokens, params, stop, cancel, special, on_token, stats) -> Iterator[str]:
+            constraint = as_constraint(grammar, self.tokenizer)
+        return self._stream(ids, max_tokens, Sampler(params, constraint), _stop_list(stop), cancel, special, on_token,
+                            stats)
+
+    def _stream(self, ids, max_tokens, sampler, stop, cancel, special, on_token, stats) -> Iterator[str]:
         with self._lock:
             self._set_threads()
             self.last_stats = stats if stats is not None else GenerationStats()
-            yield from generate(self._ctx, self.tokenizer, ids, max_tokens, Sampler(params), stop, cancel,
+            yield from generate(self._ctx, self.tokenizer, ids, max_tokens, sampler, stop, cancel,
                                 self.last_stats, special, on_token)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                  cancel=None, callback: Callable[[str], None] | None = None,
-                 sampling: SamplingParams | None = None, special: bool | None = None, **kwargs) -> str:
+                 sampling: SamplingParams | None = None, special: bool | None = None, grammar=None, **kwargs) -> str:
         """The generated text (see `stream`); `callback(piece)` sees each piece as it is produced."""
         pieces = []
         for piece in self.stream(prompt, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special,
-                                 **kwargs):
+                                 grammar=grammar, **kwargs):
             pieces.append(piece)
             if callback is not None:
                 callback(piece)
@@ -217,13 +226,13 @@ class LLM:
 
     def chat(self, messages: Sequence[dict], stream: bool = False, max_tokens: int | None = 256, *,
              stop: str | Sequence[str] = (), cancel=None, sampling: SamplingParams | None = None,
-             special: bool | None = None, **kwargs) -> str | Iterator[str]:
+             special: bool | None = None, grammar=None, **kwargs) -> str | Iterator[str]:
         """The assistant's reply to `messages` ([{'role': 'user', 'content': ...}, ...]): a string, or an
         iterator of pieces when stream=True. Other arguments as in `stream`."""
         ids, stop = self._chat_input(messages, stop)
-        if stream:
-            return self.stream(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
-        return self.generate(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, **kwargs)
+        call = self.stream if stream else self.generate
+        return call(ids, max_tokens, stop=stop, cancel=cancel, sampling=sampling, special=special, grammar=grammar,
+                    **kwargs)
 
     def _chat_input(self, messages, stop, tools=None) -> tuple[list[int], list[str]]:
         """The prompt ids of `messages` and the stop strings (ChatML's end tag added when the model has no template,

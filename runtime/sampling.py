@@ -3,7 +3,9 @@
 The chain follows llama.cpp's default order: logit bias -> penalties -> top-k -> top-p -> min-p ->
 temperature -> draw from the softmax. Each transform is a small pure function over a candidate set
 (`ids`, `logits`: two aligned 1-D arrays), so tests can check it against its definition.
-A temperature <= 0 means greedy decoding (argmax after the bias and the penalties).
+A temperature <= 0 means greedy decoding (argmax after the bias and the penalties). A `constraint`
+(runtime.grammar.Constraint) masks the logits before all of it: tokens its grammar forbids get -inf and are never
+drawn, greedy included.
 """
 
 from collections.abc import Mapping
@@ -119,11 +121,23 @@ def min_p(ids: np.ndarray, logits: np.ndarray, p: float, min_keep: int = 1):
 
 
 class Sampler:
-    """Picks tokens for one generation: owns the seeded RNG, so the same seed gives the same tokens."""
+    """Picks tokens for one generation: owns the seeded RNG, so the same seed gives the same tokens, and the
+    generation's constraint, if any: the caller reports each emitted token with `accept` and stops at `finished`."""
 
-    def __init__(self, params: SamplingParams = SamplingParams()):
+    def __init__(self, params: SamplingParams = SamplingParams(), constraint=None):
         self.params = params
+        self.constraint = constraint
         self.rng = np.random.default_rng(params.seed)
+
+    def accept(self, token: int) -> None:
+        """Advance the constraint past `token`, the sampled token the generation emits."""
+        if self.constraint is not None:
+            self.constraint.advance(token)
+
+    @property
+    def finished(self) -> bool:
+        """The constraint's text is complete: nothing but an end-of-generation token may follow."""
+        return self.constraint is not None and self.constraint.done
 
     def sample(self, logits: np.ndarray, history=()) -> int:
         """The next token id from `logits` (n_vocab,) given the ids so far (prompt + generated)."""
@@ -131,6 +145,8 @@ class Sampler:
         if not np.isfinite(np.max(logits)):  # NaN propagates through max; one reduction per token
             raise NumericsError("the model produced NaN or infinite logits: its weights or activations are not "
                                 "finite (a damaged or wrongly converted file?)")
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)  # forbidden tokens at -inf: they stay there through the chain
         recent = _last_n(history, p.repeat_last_n)
         logits = apply_logit_bias(logits, p.logit_bias)
         logits = apply_penalties(logits, recent, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)

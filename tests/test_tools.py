@@ -172,6 +172,10 @@ def test_qwen_calls_a_tool(qwen):
     answer = qwen.create_chat_completion(messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=8)
     assert answer["choices"][0]["finish_reason"] in ("stop", "length")
     assert "tool_calls" not in answer["choices"][0]["message"]
-    with pytest.raises(LlambaError, match="not available yet"):  # a forced call needs the grammar
-        qwen.create_chat_completion(messages, tools=[WEATHER], tool_choice={"type": "function",
-                                                                          "function": {"name": "get_weather"}})
+    # a forced call: decoded under the function's schema, so it is a call even where the model would answer
+    forced = qwen.create_chat_completion(messages, tools=[WEATHER], temperature=0, max_tokens=64,
+                                         tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = forced["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and "city" in json.loads(call["function"]["arguments"])
