@@ -9,7 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["runtime", "runtime.*", "quant", "quant.*"]),
-    package_data={"runtime": ["py.typed"], "quant": ["py.typed"]},  # PEP 561: both packages carry type hints
+    package_data={"runtime": ["py.typed", "server/static/*.html"], "quant": ["py.typed"]},  # py.typed: PEP 561
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
@@ -32,8 +32,12 @@ setup(
             "protobuf",
             "ruff",
             "jsonschema",  # tests/test_grammar.py validates constrained outputs
+            "fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2",  # the server extra, tested
+            "openai>=1.30",  # the server's tests talk to it through the official client
+            "selenium>=4.20",  # the chat page in a headless Chromium (Debian's chromium, chromium-driver)
         ],
         "interop": ["llama-cpp-python==0.3.36"],
+        "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
     },
     entry_points={"console_scripts": ["llamba=runtime.cli:main"]},
 )

@@ -21,7 +21,7 @@ from . import completions
 def astream(llm, prompt, max_tokens: int | None = 256, **kwargs) -> AsyncIterator[str]:
     """LLM.stream's text pieces as an async iterator; its arguments are checked here, at the call."""
     cancel = threading.Event()
-    return _in_thread(llm.stream(prompt, max_tokens, cancel=cancel, **kwargs), cancel)
+    return in_thread(llm.stream(prompt, max_tokens, cancel=cancel, **kwargs), cancel)
 
 
 async def acreate_completion(llm, *args, stream: bool = False, **kwargs):
@@ -37,18 +37,18 @@ async def acreate_chat_completion(llm, *args, stream: bool = False, **kwargs):
 async def _create(create, llm, args, kwargs, stream: bool):
     cancel = threading.Event()
     if stream:
-        return _in_thread(create(llm, *args, stream=True, cancel=cancel, **kwargs), cancel)
-    async with aclosing(_in_thread(_called(create, llm, *args, cancel=cancel, **kwargs), cancel)) as results:
+        return in_thread(create(llm, *args, stream=True, cancel=cancel, **kwargs), cancel)
+    async with aclosing(in_thread(called(create, llm, *args, cancel=cancel, **kwargs), cancel)) as results:
         async for result in results:
             return result
 
 
-def _called(function, *args, **kwargs) -> Iterator:
+def called(function, *args, **kwargs) -> Iterator:
     """function(*args, **kwargs) as the one item of an iterator, so that it runs where the iterator is iterated."""
     yield function(*args, **kwargs)
 
 
-async def _in_thread(items: Iterator, cancel: threading.Event) -> AsyncIterator:
+async def in_thread(items: Iterator, cancel: threading.Event) -> AsyncIterator:
     """`items` (a generator that stops once `cancel` is set) iterated in a worker thread, as an async iterator.
     Leaving it early, by cancellation or by closing it, sets `cancel` and waits until the worker has stopped."""
     loop = asyncio.get_running_loop()

@@ -133,10 +133,13 @@ def create_app(engine: Engine, api_key: str | None = None, cors_origin: str | No
                 return await engine.call(getattr(session, call), disconnected=request.is_disconnected, **kwargs)
         slot = engine.slot()
         session = await slot.__aenter__()  # a full queue is a 503 here, before the stream starts
-        chunks = engine.stream(getattr(session, call), **kwargs)
+        chunks = None
         try:
+            chunks = engine.stream(getattr(session, call), **kwargs)
             first = await anext(chunks, None)  # bad input fails here, as an error response, not inside the stream
         except BaseException:
+            if chunks is not None:
+                await chunks.aclose()
             await slot.__aexit__(None, None, None)
             raise
         return StreamingResponse(_sse(first, chunks, slot, body.include_usage), media_type="text/event-stream",

@@ -1,0 +1,125 @@
+"""Continuous batching: the decode steps of every busy slot run as one forward pass over the shared weights.
+
+Each request generates in its own worker thread with the ordinary decode loop (runtime/generate.py: sampling,
+stop strings, logprobs, grammars stay per request); only its session's forward passes go through the Scheduler:
+- a prompt is evaluated alone, in chunks of PREFILL_CHUNK tokens, so that other slots' decode steps run between
+  its chunks instead of waiting for the whole prompt;
+- a decode step (one token) waits up to GATHER_SECONDS for the other active sessions' steps; the first thread to
+  see all of them (or the time run out) runs them all as one `Model.forward_batch`: the weights are read once per
+  step for every sequence, each sequence attending over its own KV cache at its own position.
+A new request joins between steps, a finished one leaves (`release`). Greedy output does not depend on the
+company a request keeps: a batched row is computed exactly as a single token is.
+"""
+
+import threading
+import time
+
+import numpy as np
+
+from ..generate import Context
+
+PREFILL_CHUNK = 256
+GATHER_SECONDS = 0.003
+
+
+class _Step:
+    """One session's pending decode step and, once run, its logits (n_vocab,) or error."""
+
+    def __init__(self, ctx, token: int):
+        self.ctx, self.token, self.pos = ctx, token, len(ctx.tokens)
+        self.since = time.monotonic()
+        self.logits = self.error = None
+
+
+class Scheduler:
+    def __init__(self, model):
+        self.model = model
+        self._model_lock = threading.Lock()  # one forward pass at a time (the model's activation buffers)
+        self._cond = threading.Condition()
+        self._pending: list[_Step] = []
+        self._active = set()  # contexts inside a generation: the steps a batch waits for
+        self.steps = self.batched_tokens = 0  # decode forward passes run, and the tokens they carried
+
+    def bind(self, session):
+        """Route the session's forward passes through this scheduler; its own lock replaces the LLM's (the
+        scheduler serializes the forward passes), so the sessions of one LLM generate concurrently."""
+        session._ctx = BatchedContext(session._ctx, self)
+        session.bind_lock()
+        return session
+
+    def release(self, session) -> None:
+        """The session's request is over: batches stop waiting for it."""
+        with self._cond:
+            self._active.discard(session._ctx)
+            self._cond.notify_all()
+
+    # -- called from the sessions' worker threads --
+
+    def prefill(self, ctx, ids: np.ndarray, pos: int) -> np.ndarray:
+        """Logits (n_vocab,) after evaluating `ids` at positions pos.. in ctx's cache, chunk by chunk."""
+        with self._cond:
+            self._active.add(ctx)
+        for start in range(0, ids.size, PREFILL_CHUNK):
+            with self._model_lock:
+                logits = self.model.forward(ids[start:start + PREFILL_CHUNK], pos + start, ctx.cache)
+        return logits
+
+    def decode(self, ctx, token: int) -> np.ndarray:
+        step = _Step(ctx, token)
+        with self._cond:
+            self._active.add(ctx)
+            self._pending.append(step)
+            self._cond.notify_all()
+            while step.logits is None and step.error is None:
+                batch = self._take_batch()
+                if batch:
+                    self._cond.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._cond.acquire()
+                        self._cond.notify_all()
+                else:
+                    self._cond.wait(GATHER_SECONDS / 3)
+        if step.error is not None:
+            raise step.error
+        return step.logits
+
+    def _take_batch(self) -> list:
+        """The pending steps, once every active session has one pending or the oldest waited long enough."""
+        if not self._pending:
+            return []
+        waiting = {s.ctx for s in self._pending}
+        if self._active <= waiting or time.monotonic() - self._pending[0].since >= GATHER_SECONDS:
+            batch, self._pending = self._pending, []
+            return batch
+        return []
+
+    def _run(self, batch: list) -> None:
+        tokens = np.array([s.token for s in batch], np.int32)  # (m,)
+        try:
+            with self._model_lock:
+                logits = self.model.forward_batch(tokens, [s.pos for s in batch], [s.ctx.cache for s in batch])
+        except Exception as e:  # each waiting request raises it
+            for s in batch:
+                s.error = e
+            return
+        self.steps += 1
+        self.batched_tokens += len(batch)
+        for s, row in zip(batch, logits, strict=True):  # logits (m, n_vocab)
+            s.ctx.tokens.append(s.token)
+            s.logits = row
+
+
+class BatchedContext(Context):
+    """A session's Context whose forward passes go through a Scheduler."""
+
+    def __init__(self, ctx: Context, scheduler: Scheduler):
+        self.__dict__.update(ctx.__dict__)  # the same cache and tokens
+        self.scheduler = scheduler
+
+    def _forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        return self.scheduler.prefill(self, ids, pos)
+
+    def append(self, token: int) -> np.ndarray:
+        return self.scheduler.decode(self, int(token))
