@@ -47,11 +47,16 @@ class GenerationStats:
 
 
 class Context:
-    """A model and the token ids whose K/V its cache holds, so a new prompt reuses the common prefix."""
+    """One conversation over a model: its own KV cache and the token ids whose K/V it holds, so a new prompt reuses
+    the common prefix. Contexts over one model are independent but share its buffers: one forward at a time."""
 
     def __init__(self, model):
         self.model = model
+        self.cache = model.new_cache()  # K, V (n_layer, n_head_kv, n_ctx, head_dim)
         self.tokens: list[int] = []  # ids at positions 0..len-1 of the KV cache
+
+    def _forward(self, ids: Sequence[int], pos: int, all_logits: bool = False) -> np.ndarray:
+        return self.model.forward(np.asarray(ids, dtype=np.int32), pos, self.cache, all_logits)
 
     def check_fits(self, n: int):
         if n > self.model.n_ctx:
@@ -71,7 +76,7 @@ class Context:
                 break
             reuse += 1
         self.tokens = self.tokens[:reuse]
-        logits = self.model.forward(np.asarray(ids[reuse:], dtype=np.int32), reuse)  # (n_vocab,)
+        logits = self._forward(ids[reuse:], reuse)  # (n_vocab,)
         self.tokens = ids
         return logits, reuse
 
@@ -82,13 +87,13 @@ class Context:
             raise LlambaError("no tokens to evaluate")
         self.check_fits(len(ids))
         self.tokens = []
-        logits = self.model.forward(np.asarray(ids, dtype=np.int32), 0, all_logits=True)  # (n, n_vocab)
+        logits = self._forward(ids, 0, all_logits=True)  # (n, n_vocab)
         self.tokens = ids
         return logits
 
     def append(self, token: int) -> np.ndarray:
         """Logits (n_vocab,) after appending one token."""
-        logits = self.model.forward(np.asarray([token], dtype=np.int32), len(self.tokens))  # (n_vocab,)
+        logits = self._forward([token], len(self.tokens))  # (n_vocab,)
         self.tokens.append(int(token))
         return logits
 
