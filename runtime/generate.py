@@ -52,13 +52,22 @@ class Context:
 
     def __init__(self, model):
         self.model = model
-        self.cache = model.new_cache()  # K, V (n_layer, n_head_kv, n_ctx, head_dim)
+        self.cache = model.new_cache()  # K, V (n_layer, n_head_kv, n_ctx, head_dim); None once closed
         self.tokens: list[int] = []  # ids at positions 0..len-1 of the KV cache
+
+    def close(self) -> None:
+        """Free the KV cache; every later use raises LlambaError."""
+        self.cache, self.tokens = None, []
 
     def _forward(self, ids: Sequence[int], pos: int, all_logits: bool = False) -> np.ndarray:
         return self.model.forward(np.asarray(ids, dtype=np.int32), pos, self.cache, all_logits)
 
+    def check_open(self):
+        if self.cache is None:
+            raise LlambaError("this LLM or session was closed (its KV cache is freed): open a new one")
+
     def check_fits(self, n: int):
+        self.check_open()
         if n > self.model.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {n} tokens but the context holds {self.model.n_ctx} "

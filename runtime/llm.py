@@ -5,6 +5,7 @@
     print(llm.generate("The capital of France is", max_tokens=16, temperature=0))
     for piece in llm.chat([{"role": "user", "content": "Hi!"}], stream=True):
         print(piece, end="", flush=True)
+    other = llm.session()                         # a second conversation over the same weights
 """
 
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -75,7 +77,8 @@ class _Lock:
 
 
 class LLM:
-    """A loaded model with its tokenizer and KV cache.
+    """A loaded model with its tokenizer, and one conversation over it (a KV cache and the prompt it holds);
+    `session()` opens more conversations over the same weights (see Session).
 
     `model_path`: a GGUF path, a known model name (see `llamba list`) or None for the default model.
     `n_ctx`: context size in tokens (default: the model's, capped at 4096). `n_threads`: kernel threads
@@ -93,8 +96,9 @@ class LLM:
     sampled continuation can differ at a near-tie. `reset()` first makes a seeded call bit-for-bit repeatable.
 
     Thread safety: one lock per LLM serializes generate, stream, chat and logits, so several threads
-    may share an instance (calls run one after the other). A stream holds the lock from its first piece
-    until it is exhausted or closed; break out of the loop (or set the `cancel` event from another
+    may share an instance (calls run one after the other). Its sessions share the lock (and the model's activation
+    buffers): calls on several sessions of one LLM run one after the other too. A stream holds the lock from its
+    first piece until it is exhausted or closed; break out of the loop (or set the `cancel` event from another
     thread) to release it early. Calling the same LLM from inside a `callback` or a stream loop of the same
     thread raises LlambaError (it would wait for itself). tokenize/detokenize need no lock. Kernels release the
     GIL, so other Python threads keep running during generation.
@@ -116,10 +120,34 @@ class LLM:
             self.kernels_compiled = self.model.warmup(progress=CompileProgress())
             self.warmup_seconds = time.perf_counter() - start
         self.seed, self.special = seed, special
-        self.last_stats = GenerationStats()  # of the most recent generation
-        self._ctx = Context(self.model)
         self._lock = _Lock()
         self._warned_template = False
+        self._sessions = weakref.WeakSet()
+        self._start_conversation()
+
+    def _start_conversation(self):
+        """The state a conversation owns: an LLM's, and each Session's own."""
+        self.last_stats = GenerationStats()  # of the most recent generation
+        self._ctx = Context(self.model)
+
+    def session(self) -> "Session":
+        """A new conversation over this LLM's model (its own KV cache and prompt), sharing the weights: see Session."""
+        return Session(self)
+
+    def close(self) -> None:
+        """Free the KV caches (this LLM's and its sessions') and unmap the model file; later calls raise LlambaError.
+        `with LLM(...) as llm:` closes it on leaving the block."""
+        with self._lock:
+            for s in list(self._sessions):
+                s._ctx.close()
+            self._ctx.close()
+            self.model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def n_ctx(self) -> int:
@@ -222,3 +250,23 @@ class LLM:
 
         bos = template_variables(self.model.gguf.metadata)["bos_token"]
         return False if bos and text.startswith(bos) else None
+
+
+class Session(LLM):
+    """An independent conversation over an LLM's loaded model: its own KV cache and prompt-prefix cache, and the
+    LLM's weights, tokenizer and lock, so several chats stay open without loading the model again. Calls on the
+    sessions of one LLM (and on the LLM) run one after the other: they share the model's activation buffers.
+
+    A Session has every method of LLM and starts with the LLM's defaults (seed, special);
+    `close()` frees only its own KV cache; closing the LLM closes its sessions too. Open one with `llm.session()`.
+    """
+
+    def __init__(self, llm: LLM):  # not LLM.__init__: the model is loaded already
+        vars(self).update(vars(llm))  # shared: model, tokenizer, lock; copied: the defaults
+        self._start_conversation()
+        self._sessions.add(self)
+
+    def close(self) -> None:
+        """Free this session's KV cache; its later calls raise LlambaError (the LLM and other sessions go on)."""
+        with self._lock:
+            self._ctx.close()

@@ -138,6 +138,7 @@ class Model:
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
+        self.closed = False
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
         self.tok_embd = self.embed.tok  # (n_vocab, n_embd)
@@ -174,13 +175,26 @@ class Model:
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         """A zeroed KV cache for n_ctx positions (default: the model's), refused before it is allocated when the memory
         available now cannot hold it."""
+        self._check_open()
         c, n = self.config, self.n_ctx if n_ctx is None else n_ctx
         if not 0 < n <= self.n_ctx:
             raise ContextOverflowError(f"a KV cache of {n} positions: the model was loaded for 1..{self.n_ctx}")
         _check_memory(c, n, tables=False)
         return KVCache(c.n_layer, c.n_head_kv, n, c.head_dim)
 
+    def close(self) -> None:
+        """Drop the weights (views of the file's map) and unmap the file; forward() raises LlambaError afterwards."""
+        self.closed = True
+        self.embed = self.tok_embd = self.output = self.batch_output = self.output_norm = self.output_bias = None
+        self.layers, self._buffers = [], {}
+        self.gguf.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LlambaError(f"{self.gguf.path}: this model was closed")
+
     def _check(self, tokens, pos, cache: KVCache) -> np.ndarray:
+        self._check_open()
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
             raise LlambaError(f"tokens must be a non-empty 1-D integer array, got {tokens.dtype} {tokens.shape}")
