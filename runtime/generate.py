@@ -1,8 +1,8 @@
 """The decode loop: prompt as one batch, then one token at a time until a stop condition.
 
 Stop conditions: an end-of-generation token (never emitted), max_tokens, a stop string (never emitted;
-a partial match is held back while streaming), a full context, or a cancellation handle set by
-another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
+a partial match is held back while streaming), a full context (unless it is shifted: Context.shift), or a
+cancellation handle set by another thread. Text is streamed through the tokenizer's StreamDecoder, so multi-byte UTF-8
 characters split across tokens are never broken; special tokens (control tokens, tag-like user-defined ones)
 are left out of the text unless `special=True` (llama.cpp's `--special`).
 
@@ -106,6 +106,25 @@ class Context:
         self.tokens.append(int(token))
         return logits
 
+    def shift(self, n_keep: int) -> bool:
+        """Make room in the context as llama.cpp's context shift does: keep the first n_keep tokens, drop the oldest
+        half of the rest; False when there is nothing to drop.
+
+        The tokens after the dropped ones move to lower positions. llama.cpp re-rotates their cached keys by the
+        position delta (a K-shift), which leaves deeper layers' K/V still computed from the dropped tokens. Here they
+        are recomputed instead, one batch of about n_ctx/2 tokens per shift: the cache then holds what a fresh
+        evaluation of the kept tokens gives (up to rounding where the batches split), for every architecture
+        (learned positions, ALiBi and sliding windows included), with no kernel of its own."""
+        n_keep = min(n_keep, len(self.tokens))
+        n_discard = (len(self.tokens) - n_keep) // 2
+        if n_discard == 0:
+            return False
+        kept = self.tokens[:n_keep] + self.tokens[n_keep + n_discard:]
+        self.tokens = self.tokens[:n_keep]  # the cache is inconsistent until the forward below completes
+        self._forward(kept[n_keep:], n_keep)
+        self.tokens = kept
+        return True
+
     @property
     def full(self) -> bool:
         return len(self.tokens) >= self.model.n_ctx
@@ -146,13 +165,15 @@ class StopMatcher:
 
 def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int | None, sampler: Sampler,
              stop: Sequence[str] = (), cancel=None, stats: GenerationStats | None = None,
-             special: bool = False) -> Iterator[str]:
+             special: bool = False, n_keep: int | None = None) -> Iterator[str]:
     """Yield text pieces of the continuation of `prompt_ids`.
 
     max_tokens None (or < 0) runs until an end-of-generation token or a full context. `cancel` is any
     object with `is_set()` (e.g. threading.Event), checked before every token (the prompt batch runs
     uninterrupted). Raises ContextOverflowError at the first next(), before any work, when the prompt does
-    not fit in the context. special: print special tokens as their text.
+    not fit in the context. special: print special tokens as their text. n_keep: None stops at a full context
+    (stop_reason "context"); an int shifts the context instead (Context.shift), keeping the first n_keep tokens
+    (-1: the whole prompt) plus a leading BOS token, which llama.cpp always keeps.
     """
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(prompt_ids)
@@ -164,6 +185,7 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
     stats.prompt_seconds = time.perf_counter() - start - stats.compile_seconds
 
     history = list(prompt_ids)
+    keep = None if n_keep is None else _shift_keep(n_keep, history, tokenizer.bos_id)
     eog = set(tokenizer.eog_ids)
     decoder = StreamDecoder(tokenizer, skip_special=not special)
     matcher = StopMatcher(stop)
@@ -192,7 +214,7 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
                 stats.stop_reason = "stop"
                 return
             if stats.n_generated < limit:
-                if ctx.full:
+                if ctx.full and not (keep is not None and ctx.shift(keep)):
                     stats.stop_reason = "context"
                     break
                 logits = ctx.append(token)
@@ -205,6 +227,14 @@ def generate(ctx: Context, tokenizer, prompt_ids: Sequence[int], max_tokens: int
                 yield tail
     finally:
         clock.stop()
+
+
+def _shift_keep(n_keep: int, prompt: list, bos_id: int | None) -> int:
+    """Leading tokens a context shift keeps, as llama.cpp's: the whole prompt for n_keep < 0 or longer than it,
+    else n_keep plus a leading BOS token."""
+    if n_keep < 0 or n_keep > len(prompt):
+        return len(prompt)
+    return n_keep + (bos_id is not None and prompt[0] == bos_id)
 
 
 class _BusyClock:

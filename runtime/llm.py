@@ -88,6 +88,9 @@ class LLM:
     here, with a progress line on stderr (`k/N`, only when something compiles), and never during a generation;
     `load_seconds` and `warmup_seconds` time the two, and generation speeds never include them.
     `special`: default for the calls' `special` (print special tokens such as `<|im_end|>` as text).
+    `context_shift`: default for the calls' `context_shift`: when the context fills during a generation, keep the
+    first `n_keep` tokens (-1: the whole prompt; a leading BOS token is kept too), drop the oldest half of the rest
+    and go on (llama.cpp's context shift, see Context.shift) instead of stopping with stop_reason "context".
 
     Sampling keywords of generate/stream/chat are the SamplingParams fields (temperature, top_k, top_p,
     min_p, repeat_penalty, repeat_last_n, frequency_penalty, presence_penalty, seed); temperature <= 0
@@ -106,7 +109,7 @@ class LLM:
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, seed: int | None = None, warmup: bool = True,
-                 special: bool = False):
+                 special: bool = False, context_shift: bool = False, n_keep: int = 0):
         self.n_threads = check_threads(n_threads)
         self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
@@ -119,7 +122,7 @@ class LLM:
             self._set_threads()
             self.kernels_compiled = self.model.warmup(progress=CompileProgress())
             self.warmup_seconds = time.perf_counter() - start
-        self.seed, self.special = seed, special
+        self.seed, self.special, self.context_shift, self.n_keep = seed, special, context_shift, n_keep
         self._lock = _Lock()
         self._warned_template = False
         self._sessions = weakref.WeakSet()
@@ -188,26 +191,28 @@ class LLM:
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                cancel=None, sampling: SamplingParams | None = None, special: bool | None = None,
-               **kwargs) -> Iterator[str]:
+               context_shift: bool | None = None, **kwargs) -> Iterator[str]:
         """Iterator of text pieces continuing `prompt` (text, or token ids used as given).
 
         Stops at an end-of-generation token, `max_tokens` (None: until the context is full), a `stop`
         string (never included), when `cancel.is_set()` (e.g. a threading.Event), or when the caller
-        breaks out. Special tokens are left out of the text unless `special` (None: the LLM's default).
-        Statistics land in `self.last_stats`.
+        breaks out. Special tokens are left out of the text unless `special` (None: the LLM's default). A full
+        context stops it, or is shifted with `context_shift` (None: the LLM's default). Statistics land in
+        `self.last_stats`.
         """
         params = self.sampling_params(sampling, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         self._ctx.check_fits(len(ids))  # fail at the call, not at the first piece
         special = self.special if special is None else special
-        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special)
+        return self._stream(ids, max_tokens, params, _stop_list(stop), cancel, special, context_shift)
 
-    def _stream(self, ids, max_tokens, params, stop, cancel, special) -> Iterator[str]:
+    def _stream(self, ids, max_tokens, params, stop, cancel, special, context_shift=None) -> Iterator[str]:
+        shift = self.context_shift if context_shift is None else context_shift
         with self._lock:
             self._set_threads()
             self.last_stats = GenerationStats()
             yield from generate(self._ctx, self.tokenizer, ids, max_tokens, Sampler(params), stop, cancel,
-                                self.last_stats, special)
+                                self.last_stats, special, self.n_keep if shift else None)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, *, stop: str | Sequence[str] = (),
                  cancel=None, callback: Callable[[str], None] | None = None,
@@ -257,7 +262,7 @@ class Session(LLM):
     LLM's weights, tokenizer and lock, so several chats stay open without loading the model again. Calls on the
     sessions of one LLM (and on the LLM) run one after the other: they share the model's activation buffers.
 
-    A Session has every method of LLM and starts with the LLM's defaults (seed, special);
+    A Session has every method of LLM and starts with the LLM's defaults (seed, special, context_shift, n_keep);
     `close()` frees only its own KV cache; closing the LLM closes its sessions too. Open one with `llm.session()`.
     """
 
