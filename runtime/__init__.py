@@ -18,13 +18,13 @@ from .errors import (
 )
 
 __all__ = [
-    "LLM", "Session", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
+    "LLM", "Session", "SessionState", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
     "NumericsError",
 ]
 
-_LAZY = {"LLM": "llm", "Session": "llm", "SamplingParams": "sampling", "GenerationStats": "generate",
-         "ChatTemplateError": "chat"}
+_LAZY = {"LLM": "llm", "Session": "llm", "SessionState": "state", "SamplingParams": "sampling",
+         "GenerationStats": "generate", "ChatTemplateError": "chat"}
 
 
 def load(model=None, **kwargs):

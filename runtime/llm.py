@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import registry
+from . import registry, state
 from .errors import LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
 from .sampling import Sampler, SamplingParams
+from .state import SessionState
 from .threads import check_threads, set_threads
 from .tokenizer import Tokenizer
 
@@ -255,6 +256,23 @@ class LLM:
 
         bos = template_variables(self.model.gguf.metadata)["bos_token"]
         return False if bos and text.startswith(bos) else None
+
+    def save_state(self, path: str | os.PathLike | None = None) -> SessionState:
+        """A snapshot of this conversation, its token ids and their KV cache entries (llama-cpp-python's save_state),
+        also written to `path` when given; load_state resumes from it (see runtime/state.py)."""
+        with self._lock:
+            snapshot = state.capture(self._ctx, self.path.name)
+        if path is not None:
+            snapshot.save(path)
+        return snapshot
+
+    def load_state(self, src: SessionState | str | os.PathLike) -> None:
+        """Resume the conversation saved in `src` (a save_state() result or a file it wrote) from the same model and
+        n_ctx: a next prompt extending its tokens reuses their K/V. LlambaError for another model's or n_ctx's
+        state, or a damaged file."""
+        snapshot = src if isinstance(src, SessionState) else SessionState.load(src)
+        with self._lock:
+            state.restore(self._ctx, snapshot)
 
 
 class Session(LLM):

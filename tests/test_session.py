@@ -1,10 +1,14 @@
-"""Sessions (independent conversations over one loaded model) and closing an LLM, on the real SmolLM2 model with
-greedy decoding."""
+"""Sessions (independent conversations over one loaded model), closing an LLM, and saving / loading a
+conversation's state, on the real SmolLM2 model with greedy decoding."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from runtime import LLM, LlambaError
 from runtime.llm import Session
+from runtime.state import SessionState
 
 MODEL = "smollm2-135m-instruct"
 N_CTX = 64
@@ -67,7 +71,7 @@ def test_closing_a_session_frees_only_its_cache(llm):
     s.generate(PROMPTS[0], max_tokens=2, temperature=0)
     s.close()
     assert s._ctx.cache is None
-    for call in (lambda: s.generate(PROMPTS[0]), lambda: s.logits([1, 2])):
+    for call in (lambda: s.generate(PROMPTS[0]), lambda: s.logits([1, 2]), lambda: s.save_state()):
         with pytest.raises(LlambaError, match="closed"):
             call()
     assert llm.generate(PROMPTS[0], max_tokens=2, temperature=0)
@@ -86,3 +90,77 @@ def test_close_releases_the_map_and_every_cache(model_path):
         with pytest.raises(LlambaError, match="closed"):
             call()
     llm.close()  # twice is fine
+
+
+# ---- save_state / load_state -------------------------------------------------------------------------------------
+
+def test_state_resumes_the_same_continuation(llm, tmp_path):
+    ids = llm.tokenize(PROMPTS[1])
+    llm.logits(ids)  # the prompt is in the cache
+    state = llm.save_state(tmp_path / "prompt.state")
+    assert state.n_tokens == len(ids) and state.k.shape[2] == len(ids)
+    expected = llm.generate(ids, **GREEDY)
+    llm.generate(PROMPTS[0], **GREEDY)  # another prompt overwrites the cache
+    for src in (state, tmp_path / "prompt.state"):
+        llm.load_state(src)
+        assert llm.generate(ids, **GREEDY) == expected
+        assert llm.last_stats.n_reused == len(ids) - 1  # the loaded K/V were used, not recomputed
+    fresh = llm.session()
+    fresh.load_state(tmp_path / "prompt.state")
+    assert fresh.generate(ids, **GREEDY) == expected and fresh.last_stats.n_reused == len(ids) - 1
+    fresh.close()
+
+
+def test_state_in_a_fresh_llm_resumes_identically(llm, model_path, tmp_path):
+    """A conversation saved mid-way (prompt and reply) and loaded by a separately loaded LLM of the same model goes
+    on exactly as the original does."""
+    ids = llm.tokenize(PROMPTS[0])
+    llm.reset()
+    llm.generate(ids, **GREEDY)
+    history = ids + llm.last_stats.tokens
+    llm.save_state(tmp_path / "chat.state")
+    expected = llm.generate(history, **GREEDY)
+    with LLM(model_path(MODEL), n_ctx=N_CTX, n_threads=1, warmup=False) as other:
+        other.load_state(tmp_path / "chat.state")
+        assert other.generate(history, **GREEDY) == expected
+        assert other.last_stats.n_reused == len(history) - 1
+
+
+def test_state_of_another_model_or_context_is_refused(llm, model_path):
+    state = llm.save_state()
+    with LLM(model_path(MODEL), n_ctx=N_CTX // 2, warmup=False) as small:
+        with pytest.raises(LlambaError, match=f"n_ctx={N_CTX}; this model runs n_ctx={N_CTX // 2}"):
+            small.load_state(state)
+    with LLM(model_path("gemma-3-270m"), n_ctx=N_CTX, warmup=False) as gemma:
+        with pytest.raises(LlambaError, match="another model"):
+            gemma.load_state(state)
+    n = state.n_tokens
+    for bad in (dict(k=state.k[:, :1]), dict(v=state.v.astype(np.float64)), dict(tokens=state.tokens[:-1]),
+                dict(tokens=np.full(n, llm.n_vocab, np.int32))):
+        with pytest.raises(LlambaError, match="do not fit|outside the vocabulary"):
+            llm.load_state(dataclasses.replace(state, **bad))
+
+
+def test_damaged_state_files_are_refused(llm, tmp_path):
+    llm.logits(llm.tokenize(PROMPTS[1]))
+    path = tmp_path / "good.state"
+    llm.save_state(path)
+    data = path.read_bytes()
+    damaged = {"truncated": data[:len(data) // 2], "empty": b"", "flipped": _flip(data, len(data) // 2),
+               "text": b"not a state file at all"}
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(LlambaError, match="not a llamba state file"):
+            llm.load_state(tmp_path / name)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(LlambaError, match="not an .npz"):
+        llm.load_state(tmp_path / "array.npy")
+    with pytest.raises(LlambaError, match="no such state file"):
+        llm.load_state(tmp_path / "missing.state")
+    np.savez(tmp_path / "other.npz", header=np.frombuffer(b'{"format": "x"}', np.uint8), tokens=[], k=[], v=[])
+    with pytest.raises(LlambaError, match="not a llamba-state file"):
+        SessionState.load(tmp_path / "other.npz")
+
+
+def _flip(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
