@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import registry, state
+from . import embeddings, registry, state
 from .errors import LlambaError
 from .generate import Context, GenerationStats, generate
 from .model import load_model
@@ -99,7 +99,7 @@ class LLM:
     then evaluated alone, which rounds differently in the last bits than the same token inside a batch, so a
     sampled continuation can differ at a near-tie. `reset()` first makes a seeded call bit-for-bit repeatable.
 
-    Thread safety: one lock per LLM serializes generate, stream, chat and logits, so several threads
+    Thread safety: one lock per LLM serializes generate, stream, chat, logits and embed, so several threads
     may share an instance (calls run one after the other). Its sessions share the lock (and the model's activation
     buffers): calls on several sessions of one LLM run one after the other too. A stream holds the lock from its
     first piece until it is exhausted or closed; break out of the loop (or set the `cancel` event from another
@@ -273,6 +273,17 @@ class LLM:
         snapshot = src if isinstance(src, SessionState) else SessionState.load(src)
         with self._lock:
             state.restore(self._ctx, snapshot)
+
+    def embed(self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool = True) -> np.ndarray:
+        """Embeddings (n, n_embd) float32 of `texts`, (n_embd,) of one string: final hidden states pooled 'mean',
+        'cls' or 'last' (None: the model's `{arch}.pooling_type`, else mean), unit-norm with normalize. The
+        conversation's cache is left as it is. See runtime/embeddings.py."""
+        return embeddings.embed(self, texts, pooling, normalize)
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict:
+        """OpenAI's (and llama-cpp-python's) embeddings response for `input`: {"object": "list", "data": [{"object":
+        "embedding", "index": i, "embedding": [...]}], "model": ..., "usage": {...}}, unit-norm vectors."""
+        return embeddings.create_embedding(self, input, model)
 
 
 class Session(LLM):

@@ -208,23 +208,26 @@ class Model:
                 f"{cache.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
         return tokens
 
-    def forward(self, tokens, pos: int, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits.
+    def forward(self, tokens, pos: int, cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits; with hidden,
+        the final hidden states (n, n_embd) of every token after the output norm (what embeddings pool), no head.
         Writes the tokens' K/V at positions pos.. of `cache` (from new_cache()) and attends over its 0..pos-1."""
         tokens = self._check(tokens, pos, cache)
-        n = tokens.size
-        logits = np.empty((n if all_logits else 1, self.n_vocab), np.float32)
+        n, every = tokens.size, all_logits or hidden
+        out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
             chunk = tokens[i:i + UBATCH]
             b = self._buffers_for(chunk.size)
             self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
                 layer(b, pos + i, cache.k[il], cache.v[il])
-            if all_logits:
-                self._head(b.x, b.h, logits[i:i + chunk.size])
-        if not all_logits:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
-            self._head(b.x[-1:], b.h[:1], logits, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
-        return logits if all_logits else logits[0]
+            if hidden:
+                self.output_norm(b.x, out[i:i + chunk.size])
+            elif all_logits:
+                self._head(b.x, b.h, out[i:i + chunk.size])
+        if not every:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
+            self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
+        return out if every else out[0]
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits

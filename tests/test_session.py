@@ -86,7 +86,7 @@ def test_close_releases_the_map_and_every_cache(model_path):
     assert llm._ctx.cache is None and s._ctx.cache is None
     assert _maps(path) == before  # no view of the weights is left: the file is unmapped
     for call in (lambda: llm.generate(PROMPTS[0]), lambda: s.chat([{"role": "user", "content": "Hi"}]),
-                 lambda: llm.logits([1, 2]), llm.session):
+                 lambda: llm.logits([1, 2]), lambda: llm.embed("x"), llm.session):
         with pytest.raises(LlambaError, match="closed"):
             call()
     llm.close()  # twice is fine
