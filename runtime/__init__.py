@@ -19,13 +19,13 @@ from .errors import (
 )
 
 __all__ = [
-    "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError", "Grammar",
+    "LLM", "Session", "SessionState", "load", "SamplingParams", "GenerationStats", "ChatTemplateError", "Grammar",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
     "NumericsError", "GrammarError",
 ]
 
-_LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat",
-         "Grammar": "grammar"}
+_LAZY = {"LLM": "llm", "Session": "llm", "SessionState": "state", "SamplingParams": "sampling",
+         "GenerationStats": "generate", "ChatTemplateError": "chat", "Grammar": "grammar"}
 
 
 def load(model=None, **kwargs):

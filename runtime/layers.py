@@ -216,6 +216,10 @@ class KVCache:
         self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
 
     @property
+    def n_ctx(self) -> int:
+        return self.k.shape[2]
+
+    @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 

@@ -1,4 +1,4 @@
-"""Loading a GGUF model (weights stay memory-mapped) and its forward pass over a preallocated KV cache."""
+"""Loading a GGUF model (weights stay memory-mapped) and its forward pass over a KV cache the caller owns."""
 
 import os
 
@@ -131,10 +131,14 @@ def _moe_weights(w: Weights, c, p: str) -> dict:
 
 
 class Model:
-    """A loaded model: `forward(tokens, pos)` runs tokens at positions pos.. and fills the KV cache."""
+    """A loaded model: `forward(tokens, pos, cache)` runs tokens at positions pos.. and fills `cache` there.
+
+    The model holds no conversation state: each caller owns its KV caches (new_cache()), so several conversations
+    share one set of weights. Its activation buffers are shared, though: one forward at a time per model."""
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
+        self.closed = False
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
         self.tok_embd = self.embed.tok  # (n_vocab, n_embd)
@@ -158,7 +162,6 @@ class Model:
             self.layers.append(DecoderLayer(_layer_weights(w, c, il, required), c.n_head, c.n_head_kv, c.head_dim,
                                             ropes.get(key), c.scale, c.layer_window(il), c.activation,
                                             c.parallel_residual, alibi, c.clamp_kqv))
-        self.cache = KVCache(c.n_layer, c.n_head_kv, n_ctx, c.head_dim)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
     def _buffers_for(self, n: int) -> Buffers:
@@ -169,7 +172,29 @@ class Model:
             b = self._buffers[n] = Buffers(n, c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_ff)
         return b
 
-    def _check(self, tokens, pos) -> np.ndarray:
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        """A zeroed KV cache for n_ctx positions (default: the model's), refused before it is allocated when the memory
+        available now cannot hold it."""
+        self._check_open()
+        c, n = self.config, self.n_ctx if n_ctx is None else n_ctx
+        if not 0 < n <= self.n_ctx:
+            raise ContextOverflowError(f"a KV cache of {n} positions: the model was loaded for 1..{self.n_ctx}")
+        _check_memory(c, n, tables=False)
+        return KVCache(c.n_layer, c.n_head_kv, n, c.head_dim)
+
+    def close(self) -> None:
+        """Drop the weights (views of the file's map) and unmap the file; forward() raises LlambaError afterwards."""
+        self.closed = True
+        self.embed = self.tok_embd = self.output = self.batch_output = self.output_norm = self.output_bias = None
+        self.layers, self._buffers = [], {}
+        self.gguf.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LlambaError(f"{self.gguf.path}: this model was closed")
+
+    def _check(self, tokens, pos, cache: KVCache) -> np.ndarray:
+        self._check_open()
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
             raise LlambaError(f"tokens must be a non-empty 1-D integer array, got {tokens.dtype} {tokens.shape}")
@@ -177,28 +202,32 @@ class Model:
             raise LlambaError(f"token ids must lie in 0..{self.n_vocab - 1}, got {tokens.min()}..{tokens.max()}")
         if not isinstance(pos, (int, np.integer)) or pos < 0:
             raise LlambaError(f"pos must be a non-negative integer, got {pos!r}")
-        if pos + tokens.size > self.n_ctx:
+        if pos + tokens.size > cache.n_ctx:
             raise ContextOverflowError(
                 f"{tokens.size} tokens at position {pos} need {pos + tokens.size} positions but the context holds "
-                f"{self.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
+                f"{cache.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
         return tokens
 
-    def forward(self, tokens, pos: int, all_logits: bool = False) -> np.ndarray:
-        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits."""
-        tokens = self._check(tokens, pos)
-        n = tokens.size
-        logits = np.empty((n if all_logits else 1, self.n_vocab), np.float32)
+    def forward(self, tokens, pos: int, cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits; with hidden,
+        the final hidden states (n, n_embd) of every token after the output norm (what embeddings pool), no head.
+        Writes the tokens' K/V at positions pos.. of `cache` (from new_cache()) and attends over its 0..pos-1."""
+        tokens = self._check(tokens, pos, cache)
+        n, every = tokens.size, all_logits or hidden
+        out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
             chunk = tokens[i:i + UBATCH]
             b = self._buffers_for(chunk.size)
             self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
-                layer(b, pos + i, self.cache.k[il], self.cache.v[il])
-            if all_logits:
-                self._head(b.x, b.h, logits[i:i + chunk.size])
-        if not all_logits:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
-            self._head(b.x[-1:], b.h[:1], logits, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
-        return logits if all_logits else logits[0]
+                layer(b, pos + i, cache.k[il], cache.v[il])
+            if hidden:
+                self.output_norm(b.x, out[i:i + chunk.size])
+            elif all_logits:
+                self._head(b.x, b.h, out[i:i + chunk.size])
+        if not every:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
+            self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
+        return out if every else out[0]
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
@@ -244,11 +273,12 @@ def load_model(src, n_ctx: int | None = None) -> Model:
     return Model(gguf, config, int(n_ctx))
 
 
-def _check_memory(config, n_ctx: int) -> None:
-    """Refuse a context whose KV cache (float32 K and V of every layer) and RoPE tables would not fit in the
-    memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked)."""
+def _check_memory(config, n_ctx: int, tables: bool = True) -> None:
+    """Refuse a context whose KV cache (float32 K and V of every layer) and, with tables, RoPE tables would not fit
+    in the memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked).
+    load_model checks the tables and one cache (a model is of no use without one); Model.new_cache each cache."""
     c = config
-    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + 3 * 8 * n_ctx * c.n_rot // 2
+    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

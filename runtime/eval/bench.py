@@ -109,6 +109,7 @@ class LlambaEngine:
         self.set_threads(threads)
         t0 = time.perf_counter()
         self.model = load_model(path, n_ctx)
+        self.cache = self.model.new_cache()
         self.load_seconds = time.perf_counter() - t0
         # every kernel compiled (progress on stderr) or loaded now: no compilation in the timed runs or the TTFT
         self.model.warmup(progress=CompileProgress())
@@ -121,10 +122,13 @@ class LlambaEngine:
     def prepare(self, tokens, depth: int):
         self.tokens = tokens
         if depth:
-            self.model.forward(tokens[:depth], 0)
+            self.model.forward(tokens[:depth], 0, self.cache)
 
     def run(self, depth: int, n_prompt: int, n_gen: int) -> float:
-        return time_test(self.model.forward, self.tokens, depth, n_prompt, n_gen)
+        return time_test(self._decode, self.tokens, depth, n_prompt, n_gen)
+
+    def _decode(self, ids, pos: int):
+        return self.model.forward(ids, pos, self.cache)
 
     def peak_rss(self) -> int:
         return peak_rss_bytes()
