@@ -132,6 +132,7 @@ def _scratch(model, layer):
     m = copy.copy(model)
     rows = min(model.n_vocab, ROWS)
     m.layers, m.n_vocab, m._buffers = [layer], rows, {}
+    m.check_finite = False  # one layer out of its stack, fed arbitrary tokens: its logits need not be finite
     m.output, m.batch_output = (QMatrix(h.raw[:rows], h.qtype, h.n_cols, h.path)
                                 for h in (model.output, model.batch_output))
     m.output_bias = None if model.output_bias is None else model.output_bias[:rows]
