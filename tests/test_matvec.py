@@ -184,6 +184,19 @@ INT_KINDS = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_1": GGMLType.Q4_1
              "q6_k": GGMLType.Q6_K}
 
 
+def test_isa_choice_from_features(monkeypatch, capsys):
+    from quant.jit import isa
+
+    zen4 = {"avx2": True, "avx512f": True, "avx512bw": True, "avx512vl": True, "avx512vnni": True, "avxvnni": False}
+    assert isa.supported(zen4) == ["avx512vnni", "avxvnni", "avx2", "portable"]
+    assert isa.supported({"avx2": True, "avxvnni": True, "avx512f": False}) == ["avxvnni", "avx2", "portable"]
+    assert isa.supported({"avx2": True}) == ["avx2", "portable"] and isa.supported({}) == ["portable"]
+    best = isa.supported()[0]
+    assert isa.choose({}) == best and isa.choose({"LLAMBA_ISA": "portable"}) == "portable"
+    monkeypatch.setattr(isa, "supported", lambda: ["avx2", "portable"])  # never one the host lacks
+    assert isa.choose({"LLAMBA_ISA": "avx512vnni"}) == "avx2" and "not supported" in capsys.readouterr().err
+
+
 def _variant_rows(kind, variant):
     """A jitted loop calling the row-dot intrinsic of `kind` emitted for `variant` on every row."""
     from numba import njit
