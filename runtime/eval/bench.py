@@ -14,12 +14,15 @@ Heavy modules (Numba kernels, the model) are imported when a bench runs, so buil
 """
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -176,6 +179,7 @@ class Report:
     bandwidth: dict  # threads -> GB/s (empty without --bandwidth)
     repetitions: int
     llc_bytes: int | None = None  # the CPU's largest cache, with --bandwidth
+    kernels: dict = field(default_factory=dict)  # kernel_info(): what ran llamba's integer dots and numpy's sgemm
 
     def result(self, engine: str, threads: int, test: Test) -> Result:
         return next(r for r in self.results if (r.engine, r.threads, r.test) == (engine, threads, test))
@@ -184,6 +188,19 @@ class Report:
         """tokens/s that the streaming read bandwidth allows for generation."""
         bw = self.bandwidth.get(threads)
         return bw * 1e9 / self.model.bytes_per_token if bw else None
+
+
+def kernel_info() -> dict:
+    """The integer kernels' instruction-set variant (quant.jit.isa) and the ones this CPU runs, and which BLAS
+    numpy's sgemm (prompt batches) runs: library, version and the kernel it picked for the CPU (threadpoolctl; an
+    OPENBLAS_CORETYPE in the environment pins an older one)."""
+    from threadpoolctl import threadpool_info
+
+    from quant.jit import isa
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''} kernel, "
+            f"{i.get('num_threads')} threads".replace("  ", " ") for i in threadpool_info() if i["user_api"] == "blas"]
+    return {"isa": isa.ISA, "isa_supported": isa.supported(), "blas": "; ".join(blas) or "none found"}
 
 
 def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, compare: str | None = None,
@@ -218,7 +235,7 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
             engines[0].set_threads(th)
             bw[th] = read_bandwidth(int(bandwidth_gb * 1e9))
         llc = last_level_cache_bytes()
-    return Report(model, tests, threads, stats, results, bw, repetitions, llc)
+    return Report(model, tests, threads, stats, results, bw, repetitions, llc, kernel_info())
 
 
 def _run_tests(engines, stats, model, tests, threads, repetitions, seed, progress) -> list[Result]:
@@ -281,6 +298,10 @@ def markdown(rep: Report) -> str:
     if rep.bandwidth and rep.llc_bytes and m.bytes_per_token <= rep.llc_bytes:
         lines.append(f"the weights read per token fit in the {_size(rep.llc_bytes)} last-level cache: tg can beat "
                      "the memory bound")
+    if rep.kernels:
+        k = rep.kernels
+        lines.append(f"kernels: llamba integer dots {k['isa']} (this CPU runs {', '.join(k['isa_supported'])}); "
+                     f"numpy BLAS {k['blas']}")
     lines.append(f"{rep.repetitions} repetitions after one warm-up; machine: {platform.machine()}, "
                  f"{platform.processor() or platform.system()}")
     return "\n".join(lines)
@@ -304,7 +325,8 @@ def as_json(rep: Report) -> dict:
                 "peak_rss_bytes": e.peak_rss} for e in rep.engines]
     return {"results": results, "engines": engines, "ratios": ratios,
             "bandwidth_gbps": {str(k): v for k, v in rep.bandwidth.items()},
-            "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions}
+            "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions,
+            "kernels": rep.kernels}
 
 
 def add_arguments(p: argparse.ArgumentParser):
@@ -321,6 +343,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    "count, after the tests) and show tg as a fraction of its bound")
     p.add_argument("--bw-gb", type=float, default=1.0, help="array size of the bandwidth probe, GB")
     p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    p.add_argument("--synthetic", default=None, metavar="SHAPE", help="bench a file of this shape (llama-7b) with "
+                   "random weights and -m's vocabulary, written to a temporary directory and deleted after "
+                   "(runtime/eval/synthetic.py; ~3.9 GB for llama-7b): a speed workload, not a model")
 
 
 def main(args) -> int:
@@ -331,8 +356,21 @@ def main(args) -> int:
     threads = int_list(args.threads, "-t", 1) if args.threads else [numba.config.NUMBA_NUM_THREADS]
     tests = plan(int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n"),
                  int_list(args.ctx_depth, "--ctx-depth") if args.ctx_depth else [])
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     # stdout: the table (or JSON) only; progress, compile progress and llama.cpp's messages go to stderr
-    rep = run_bench(resolve_model(args.model), tests, threads, args.repetitions, args.compare,
-                    args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    with contextlib.ExitStack() as stack:
+        path = resolve_model(args.model)
+        if args.synthetic:
+            from .synthetic import RANDOM_NOTE, SHAPES, write_synthetic
+
+            if args.synthetic not in SHAPES:
+                raise LlambaError(f"--synthetic: unknown shape {args.synthetic!r} (known: {', '.join(SHAPES)})")
+            say(f"writing a {args.synthetic}-shaped file with {path.name}'s vocabulary: {RANDOM_NOTE}")
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamba-synthetic-")))
+            path = write_synthetic(tmp / f"{args.synthetic}.gguf", args.synthetic, path, log=say).path
+        rep = run_bench(path, tests, threads, args.repetitions, args.compare, args.bw_gb if args.bandwidth else 0.0,
+                        progress=say)
     print(json.dumps(as_json(rep), indent=1) if args.json else markdown(rep))
+    if args.synthetic:
+        print(f"({args.synthetic}: {RANDOM_NOTE})")
     return 0
