@@ -33,7 +33,7 @@ setup(
             "ruff",
             "jsonschema",  # tests/test_grammar.py validates constrained outputs
             "fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2",  # the server extra, tested
-            "openai>=1.30",  # the server's tests talk to it through the official client
+            "openai>=1.30", "httpx",  # the server's tests talk to it through the official client, and raw HTTP
             "selenium>=4.20",  # the chat page in a headless Chromium (Debian's chromium, chromium-driver)
         ],
         "interop": ["llama-cpp-python==0.3.36"],

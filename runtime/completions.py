@@ -49,11 +49,12 @@ def create_completion(llm, prompt, suffix=None, max_tokens=16, temperature=0.8, 
                       typical_p=1.0, logprobs=None, echo=False, stop=(), frequency_penalty=0.0,
                       presence_penalty=0.0, repeat_penalty=1.0, top_k=40, stream=False, seed=None, tfs_z=1.0,
                       mirostat_mode=0, mirostat_tau=5.0, mirostat_eta=0.1, model=None, stopping_criteria=None,
-                      logits_processor=None, grammar=None, logit_bias=None, *, cancel=None):
+                      logits_processor=None, grammar=None, logit_bias=None, *, cancel=None, stream_options=None):
     """`prompt` (text, or token ids) continued, as llama_cpp.Llama.create_completion: a "text_completion" dict,
     or with stream=True an iterator of chunk dicts. max_tokens None or <= 0: until the context is full.
     `logprobs` (how many alternatives) adds each token's log-probability; `echo` puts the prompt before the
-    text; logit_bias maps token ids to biases. `cancel` (llamba's): a threading.Event that stops the generation."""
+    text; logit_bias maps token ids to biases. `cancel` (llamba's): a threading.Event that stops the generation.
+    `stream_options={"include_usage": True}` (OpenAI's): a last chunk with no choices carries the usage."""
     _check_supported(suffix=suffix, typical_p=typical_p, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
                      stopping_criteria=stopping_criteria, logits_processor=logits_processor)
     if echo and logprobs is not None:
@@ -66,7 +67,7 @@ def create_completion(llm, prompt, suffix=None, max_tokens=16, temperature=0.8, 
     head = _head("cmpl", model or str(llm.path))
     prefix = prompt_text if echo else ""
     if stream:
-        return _completion_chunks(gen, head, prefix, shape)
+        return _with_usage(_completion_chunks(gen, head, prefix, shape), gen, head, "text_completion", stream_options)
     text, entries = gen.collect()
     choice = {"text": prefix + text, "index": 0, "logprobs": shape(entries) if shape else None,
               "finish_reason": gen.finish_reason}
@@ -78,7 +79,7 @@ def create_chat_completion(llm, messages, functions=None, function_call=None, to
                            seed=None, response_format=None, max_tokens=None, presence_penalty=0.0,
                            frequency_penalty=0.0, repeat_penalty=1.0, tfs_z=1.0, mirostat_mode=0, mirostat_tau=5.0,
                            mirostat_eta=0.1, model=None, logits_processor=None, grammar=None, logit_bias=None,
-                           logprobs=None, top_logprobs=None, *, cancel=None):
+                           logprobs=None, top_logprobs=None, *, cancel=None, stream_options=None):
     """The assistant's reply to OpenAI-style `messages`, as llama_cpp.Llama.create_chat_completion: a
     "chat.completion" dict, or with stream=True "chat.completion.chunk" dicts (the first carrying the role).
     With `tools`, the template shows them and calls in the reply come back as `tool_calls` (finish_reason
@@ -95,7 +96,8 @@ def create_chat_completion(llm, messages, functions=None, function_call=None, to
     shape = (lambda e: chat_logprobs(llm.tokenizer, e)) if logprobs else None
     head = _head("chatcmpl", model or str(llm.path))
     if stream:
-        return _chat_chunks(gen, head, shape, ToolCallStream() if parse else None)
+        chunks = _chat_chunks(gen, head, shape, ToolCallStream() if parse else None)
+        return _with_usage(chunks, gen, head, "chat.completion.chunk", stream_options)
     text, entries = gen.collect()
     content, calls = parse_tool_calls(text) if parse else (text, [])
     message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
@@ -176,6 +178,14 @@ def _chat_chunks(gen: _Generation, head: dict, shape, calls_stream: ToolCallStre
     if calls:
         yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
     yield chunk({}, "tool_calls" if calls else gen.finish_reason)
+
+
+def _with_usage(chunks: Iterator[dict], gen: _Generation, head: dict, kind: str, options) -> Iterator[dict]:
+    """The chunks, then (with OpenAI's stream_options={"include_usage": True}) one with no choices and the usage."""
+    with closing(chunks):
+        yield from chunks
+    if (options or {}).get("include_usage"):
+        yield {**head, "object": kind, "choices": [], "usage": gen.usage()}
 
 
 def _sampling(args: dict) -> dict:

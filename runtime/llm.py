@@ -338,6 +338,11 @@ class Session(LLM):
         self._start_conversation()
         self._sessions.add(self)
 
+    def own_lock(self) -> None:
+        """Give this session a lock of its own, so that it generates while other sessions do: for a caller that
+        serializes the model's forward passes itself (the server's batch scheduler, runtime/server/batching.py)."""
+        self._lock = _Lock()
+
     def close(self) -> None:
         """Free this session's KV cache; its later calls raise LlambaError (the LLM and other sessions go on)."""
         with self._lock:

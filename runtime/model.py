@@ -231,6 +231,23 @@ class Model:
             self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
         return out if every else out[0]
 
+    def forward_batch(self, tokens, positions, caches) -> np.ndarray:
+        """Logits (m, n_vocab) of one decode step of m sequences: token i at positions[i] of caches[i] (continuous
+        batching). The weights are read once for all of them; each row is computed exactly as forward() computes
+        one token alone, as long as m < BLAS_MIN_TOKENS (the scheduler splits larger batches)."""
+        tokens = np.asarray(tokens, np.int32)
+        if not 0 < tokens.size < BLAS_MIN_TOKENS or len(positions) != tokens.size or len(caches) != tokens.size:
+            raise LlambaError(f"forward_batch takes 1..{BLAS_MIN_TOKENS - 1} tokens, one position and cache each")
+        for t, p, cache in zip(tokens, positions, caches, strict=True):
+            self._check(t[None], p, cache)
+        b = self._buffers_for(tokens.size)
+        self.embed(tokens, np.asarray(positions), b.x)  # (m, n_embd)
+        for il, layer in enumerate(self.layers):
+            layer.run(b, [(i, 1, p, c.k[il], c.v[il]) for i, (p, c) in enumerate(zip(positions, caches, strict=True))])
+        logits = np.empty((tokens.size, self.n_vocab), np.float32)
+        self._head(b.x, b.h, logits)
+        return logits
+
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
         linear(head or self.output, self.output_norm(x, tmp), out, self.output_bias)

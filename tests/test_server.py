@@ -13,10 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
-
-openai = pytest.importorskip("openai", reason="the server tests need the test extra (openai)")
-httpx = pytest.importorskip("httpx", reason="the server tests need httpx (installed with openai)")
 
 MODEL = "smollm2-135m-instruct"
 ROOT = Path(__file__).parent.parent
@@ -193,6 +192,7 @@ def test_concurrent_streams_equal_their_solo_runs(server):
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
     solo = [run(p) for p in prompts]
+    before = httpx.get(server.url + "/health").json()
     together = [None] * len(prompts)
     threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, run(prompts[i])))
                for i in range(len(prompts))]
@@ -201,6 +201,9 @@ def test_concurrent_streams_equal_their_solo_runs(server):
     for t in threads:
         t.join()
     assert together == solo
+    after = httpx.get(server.url + "/health").json()
+    steps, tokens = (after[k] - before[k] for k in ("decode_steps", "decoded_tokens"))
+    assert tokens / steps > 2, (steps, tokens)  # the streams' decode steps ran together, several per pass
 
 
 def test_disconnect_frees_the_slot(server):

@@ -87,7 +87,9 @@ def create_app(engine: Engine, api_key: str | None = None, cors_origin: str | No
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "slots_idle": engine.idle, "slots_processing": engine.busy_slots}
+        sched = engine.scheduler
+        return {"status": "ok", "slots_idle": engine.idle, "slots_processing": engine.busy_slots,
+                "decode_steps": sched.steps, "decoded_tokens": sched.batched_tokens}
 
     @app.get("/v1/models")
     async def models():
@@ -104,8 +106,7 @@ def create_app(engine: Engine, api_key: str | None = None, cors_origin: str | No
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        async with engine.slot() as session:
-            result = await engine.call(session.create_embedding, body.input)
+        result = await engine.call(lambda texts, cancel: engine.embed(texts), body.input)
         return {**result, "model": model_id}
 
     @app.post("/tokenize")
@@ -142,23 +143,20 @@ def create_app(engine: Engine, api_key: str | None = None, cors_origin: str | No
                 await chunks.aclose()
             await slot.__aexit__(None, None, None)
             raise
-        return StreamingResponse(_sse(first, chunks, slot, body.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(first, chunks, slot), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
 
 
-async def _sse(first, chunks, slot, include_usage: bool):
-    """`data: {chunk}` events, the usage chunk if asked for, then `data: [DONE]`; the slot is freed at the end,
-    also when the client goes away (the generator is closed, which cancels the sequence)."""
+async def _sse(first, chunks, slot):
+    """`data: {chunk}` events, then `data: [DONE]`; the slot is freed at the end, also when the client goes away
+    (the generator is closed, which cancels the sequence)."""
     try:
-        usage, chunk = None, first
+        chunk = first
         while chunk is not None:
-            usage = chunk.pop("usage", None) or usage
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
             chunk = await anext(chunks, None)
-        if include_usage and usage is not None:
-            yield f"data: {json.dumps({**first, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         await chunks.aclose()

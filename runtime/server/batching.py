@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from quant.matrix import BLAS_MIN_TOKENS
+
 from ..generate import Context
 
 PREFILL_CHUNK = 256
@@ -34,7 +36,7 @@ class _Step:
 class Scheduler:
     def __init__(self, model):
         self.model = model
-        self._model_lock = threading.Lock()  # one forward pass at a time (the model's activation buffers)
+        self.model_lock = threading.Lock()  # one forward pass at a time (the model's activation buffers)
         self._cond = threading.Condition()
         self._pending: list[_Step] = []
         self._active = set()  # contexts inside a generation: the steps a batch waits for
@@ -44,7 +46,7 @@ class Scheduler:
         """Route the session's forward passes through this scheduler; its own lock replaces the LLM's (the
         scheduler serializes the forward passes), so the sessions of one LLM generate concurrently."""
         session._ctx = BatchedContext(session._ctx, self)
-        session.bind_lock()
+        session.own_lock()
         return session
 
     def release(self, session) -> None:
@@ -60,7 +62,7 @@ class Scheduler:
         with self._cond:
             self._active.add(ctx)
         for start in range(0, ids.size, PREFILL_CHUNK):
-            with self._model_lock:
+            with self.model_lock:
                 logits = self.model.forward(ids[start:start + PREFILL_CHUNK], pos + start, ctx.cache)
         return logits
 
@@ -96,19 +98,21 @@ class Scheduler:
         return []
 
     def _run(self, batch: list) -> None:
-        tokens = np.array([s.token for s in batch], np.int32)  # (m,)
-        try:
-            with self._model_lock:
-                logits = self.model.forward_batch(tokens, [s.pos for s in batch], [s.ctx.cache for s in batch])
-        except Exception as e:  # each waiting request raises it
-            for s in batch:
-                s.error = e
-            return
-        self.steps += 1
-        self.batched_tokens += len(batch)
-        for s, row in zip(batch, logits, strict=True):  # logits (m, n_vocab)
-            s.ctx.tokens.append(s.token)
-            s.logits = row
+        for i in range(0, len(batch), BLAS_MIN_TOKENS - 1):  # forward_batch's exact regime
+            group = batch[i:i + BLAS_MIN_TOKENS - 1]
+            tokens = np.array([s.token for s in group], np.int32)  # (m,)
+            try:
+                with self.model_lock:
+                    logits = self.model.forward_batch(tokens, [s.pos for s in group], [s.ctx.cache for s in group])
+            except Exception as e:  # each waiting request raises it
+                for s in group:
+                    s.error = e
+                continue
+            self.steps += 1
+            self.batched_tokens += len(group)
+            for s, row in zip(group, logits, strict=True):  # logits (m, n_vocab)
+                s.ctx.tokens.append(s.token)
+                s.logits = row
 
 
 class BatchedContext(Context):
@@ -118,7 +122,11 @@ class BatchedContext(Context):
         self.__dict__.update(ctx.__dict__)  # the same cache and tokens
         self.scheduler = scheduler
 
-    def _forward(self, ids: np.ndarray, pos: int) -> np.ndarray:
+    def _forward(self, ids, pos: int, all_logits: bool = False) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int32)
+        if all_logits:
+            with self.scheduler.model_lock:
+                return self.model.forward(ids, pos, self.cache, all_logits=True)
         return self.scheduler.prefill(self, ids, pos)
 
     def append(self, token: int) -> np.ndarray:

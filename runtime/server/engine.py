@@ -80,6 +80,11 @@ class Engine:
         finally:
             await results.aclose()
 
+    def embed(self, texts) -> dict:
+        """The LLM's create_embedding, its forward passes between the sessions' (they share the model's buffers)."""
+        with self.scheduler.model_lock:
+            return self.llm.create_embedding(texts)
+
     def stream(self, function, **kwargs):
         """function(stream=True, cancel=event, **kwargs)'s chunks as an async iterator (closing it cancels)."""
         cancel = threading.Event()

@@ -60,10 +60,6 @@ class _Request(BaseModel):
             out[int(key)] = value
         return out
 
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
-
     def sampling(self) -> dict:
         """The sampling keywords given (the call's own defaults stand for the others)."""
         names = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
@@ -111,6 +107,7 @@ class ChatRequest(_Request):
 
     def completion_kwargs(self) -> dict:
         return dict(messages=[m.as_dict() for m in self.messages], stop=self.stop, stream=self.stream,
+                    stream_options=self.stream_options,
                     max_tokens=self.max_completion_tokens or self.max_tokens, logprobs=self.logprobs,
                     top_logprobs=self.top_logprobs if self.logprobs else None, response_format=self.response_format,
                     tools=self.tools, tool_choice=self.tool_choice, **self.sampling())
@@ -142,7 +139,8 @@ class CompletionRequest(_Request):
         return suffix
 
     def completion_kwargs(self) -> dict:
-        return dict(prompt=self.prompt, stop=self.stop, stream=self.stream, max_tokens=self.max_tokens or None,
+        return dict(prompt=self.prompt, stop=self.stop, stream=self.stream, stream_options=self.stream_options,
+                    max_tokens=self.max_tokens or None,
                     logprobs=self.logprobs, echo=self.echo, **self.sampling())
 
 
