@@ -39,6 +39,7 @@ class Scheduler:
         self.model_lock = threading.Lock()  # one forward pass at a time (the model's activation buffers)
         self._cond = threading.Condition()
         self._pending: list[_Step] = []
+        self._running = False  # a decode step is running (its thread runs it; new steps gather meanwhile)
         self._active = set()  # contexts inside a generation: the steps a batch waits for
         self.steps = self.batched_tokens = 0  # decode forward passes run, and the tokens they carried
 
@@ -73,16 +74,20 @@ class Scheduler:
             self._pending.append(step)
             self._cond.notify_all()
             while step.logits is None and step.error is None:
-                batch = self._take_batch()
-                if batch:
+                batch = [] if self._running else self._take_batch()
+                if batch:  # this thread runs the step for everyone in it; the others gather the next one
+                    self._running = True
                     self._cond.release()
                     try:
                         self._run(batch)
                     finally:
                         self._cond.acquire()
+                        self._running = False
                         self._cond.notify_all()
-                else:
-                    self._cond.wait(GATHER_SECONDS / 3)
+                elif not self._running and self._pending:  # gathering: wake when the oldest step has waited enough
+                    self._cond.wait(max(0.0, self._pending[0].since + GATHER_SECONDS - time.monotonic()))
+                else:  # a step is running: its end (or a new step) notifies
+                    self._cond.wait()
         if step.error is not None:
             raise step.error
         return step.logits
