@@ -4,9 +4,10 @@ Each request generates in its own worker thread with the ordinary decode loop (r
 stop strings, logprobs, grammars stay per request); only its session's forward passes go through the Scheduler:
 - a prompt is evaluated alone, in chunks of PREFILL_CHUNK tokens, so that other slots' decode steps run between
   its chunks instead of waiting for the whole prompt;
-- a decode step (one token) waits up to GATHER_SECONDS for the other active sessions' steps; the first thread to
-  see all of them (or the time run out) runs them all as one `Model.forward_batch`: the weights are read once per
-  step for every sequence, each sequence attending over its own KV cache at its own position.
+- a decode step (one token) waits for the steps of the sessions that took part in the previous one (they sample,
+  then come back), at most GATHER_SECONDS; then one of the waiting threads runs them all as one
+  `Model.forward_batch`: the weights are read once per step for every sequence, each sequence attending over its
+  own KV cache at its own position. A session fresh from its prompt joins the next step.
 A new request joins between steps, a finished one leaves (`release`). Greedy output does not depend on the
 company a request keeps: a batched row is computed exactly as a single token is.
 """
@@ -21,7 +22,7 @@ from quant.matrix import BLAS_MIN_TOKENS
 from ..generate import Context
 
 PREFILL_CHUNK = 256
-GATHER_SECONDS = 0.003
+GATHER_SECONDS = 0.05  # how long a step waits for a session that took part in the previous one
 
 
 class _Step:
@@ -40,7 +41,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._pending: list[_Step] = []
         self._running = False  # a decode step is running (its thread runs it; new steps gather meanwhile)
-        self._active = set()  # contexts inside a generation: the steps a batch waits for
+        self._expect = set()  # contexts that took part in the last step and have not sent their next one
         self.steps = self.batched_tokens = 0  # decode forward passes run, and the tokens they carried
 
     def bind(self, session):
@@ -53,15 +54,13 @@ class Scheduler:
     def release(self, session) -> None:
         """The session's request is over: batches stop waiting for it."""
         with self._cond:
-            self._active.discard(session._ctx)
+            self._expect.discard(session._ctx)
             self._cond.notify_all()
 
     # -- called from the sessions' worker threads --
 
     def prefill(self, ctx, ids: np.ndarray, pos: int) -> np.ndarray:
         """Logits (n_vocab,) after evaluating `ids` at positions pos.. in ctx's cache, chunk by chunk."""
-        with self._cond:
-            self._active.add(ctx)
         for start in range(0, ids.size, PREFILL_CHUNK):
             with self.model_lock:
                 logits = self.model.forward(ids[start:start + PREFILL_CHUNK], pos + start, ctx.cache)
@@ -70,7 +69,7 @@ class Scheduler:
     def decode(self, ctx, token: int) -> np.ndarray:
         step = _Step(ctx, token)
         with self._cond:
-            self._active.add(ctx)
+            self._expect.discard(ctx)
             self._pending.append(step)
             self._cond.notify_all()
             while step.logits is None and step.error is None:
@@ -83,6 +82,7 @@ class Scheduler:
                     finally:
                         self._cond.acquire()
                         self._running = False
+                        self._expect.update(s.ctx for s in batch if s.error is None)
                         self._cond.notify_all()
                 elif not self._running and self._pending:  # gathering: wake when the oldest step has waited enough
                     self._cond.wait(max(0.0, self._pending[0].since + GATHER_SECONDS - time.monotonic()))
@@ -93,11 +93,9 @@ class Scheduler:
         return step.logits
 
     def _take_batch(self) -> list:
-        """The pending steps, once every active session has one pending or the oldest waited long enough."""
-        if not self._pending:
-            return []
-        waiting = {s.ctx for s in self._pending}
-        if self._active <= waiting or time.monotonic() - self._pending[0].since >= GATHER_SECONDS:
+        """The pending steps, once every session of the previous step has sent its next or left, or the oldest
+        pending step waited GATHER_SECONDS."""
+        if self._pending and (not self._expect or time.monotonic() - self._pending[0].since >= GATHER_SECONDS):
             batch, self._pending = self._pending, []
             return batch
         return []
