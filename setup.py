@@ -35,6 +35,7 @@ setup(
             "fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2",  # the server extra, tested
             "openai>=1.30", "httpx",  # the server's tests talk to it through the official client, and raw HTTP
             "selenium>=4.20",  # the chat page in a headless Chromium (Debian's chromium, chromium-driver)
+            "pillow",  # a screenshot of tools/chat_window.py under Xvfb
         ],
         "interop": ["llama-cpp-python==0.3.36"],
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
