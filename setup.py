@@ -9,7 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["runtime", "runtime.*", "quant", "quant.*"]),
-    package_data={"runtime": ["py.typed"], "quant": ["py.typed"]},  # PEP 561: both packages carry type hints
+    package_data={"runtime": ["py.typed", "server/static/*.html"], "quant": ["py.typed"]},  # py.typed: PEP 561
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
@@ -18,6 +18,7 @@ setup(
         "tokenizers>=0.19",
         "jinja2>=3.1",
         "threadpoolctl>=3.1",
+        "llguidance>=1.9,<2",  # structured output: grammar masks (runtime/grammar.py)
     ],
     extras_require={
         "test": [
@@ -30,6 +31,11 @@ setup(
             "safetensors",
             "protobuf",
             "ruff",
+            "jsonschema",  # tests/test_grammar.py validates constrained outputs
+            "fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2",  # the server extra, tested
+            "openai>=1.30", "httpx",  # the server's tests talk to it through the official client, and raw HTTP
+            "selenium>=4.20",  # the chat page in a headless Chromium (Debian's chromium, chromium-driver)
+            "pillow",  # a screenshot of tools/chat_window.py under Xvfb
             "numba-cuda==0.30.4",  # its simulator runs the GPU kernels' tests on the CPU (tests/cuda_env.py),
             "greenlet",  # as greenlets, 60x faster than its threads
         ],
@@ -37,6 +43,7 @@ setup(
         # numba-cuda 0.30.4 does not import with numpy 2.5
         "cuda": ["numba-cuda[cu12]==0.30.4", "numpy<2.5"],
         "interop": ["llama-cpp-python==0.3.36"],
+        "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
     },
     entry_points={"console_scripts": ["llamba=runtime.cli:main"]},
 )

@@ -19,8 +19,9 @@ from .kernels import int_path as kernels_int
 from .types import GGMLType, QuantTypeError, row_bytes, type_info
 
 PATHS = ("float", "int")
-BLAS_MIN_TOKENS = 16  # int path: from this many tokens on, tiles are dequantized to float32 for a BLAS sgemm
-# (compute-bound prompt batches; ggml's BLAS backend does the same for large batches)
+BLAS_MIN_TOKENS = 16  # from this many tokens on, tiles are dequantized to float32 for a BLAS sgemm (compute-bound
+# prompt batches; ggml's BLAS backend does the same for large batches). Fewer tokens take the row kernels, each token
+# computed exactly as it would be alone (the integer path's matmul reads each weight row once for all of them).
 DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -115,8 +116,10 @@ class QMatrix:
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # X (n_tokens, n_cols) float32 -> (n_tokens, n_rows) float32
         X = _f32(X, 2, self.n_cols, "X")
-        if X.shape[0] == 1 and not self._int:
-            return _deliver(self.matvec(X[0])[None], out)
+        if not self._int and X.shape[0] < BLAS_MIN_TOKENS:  # row by row: each row exactly as a single token's
+            Y = out if out is not None and out.shape == (X.shape[0], self.n_rows) else None
+            rows = [self.matvec(x, None if Y is None else Y[i]) for i, x in enumerate(X)]
+            return Y if Y is not None else _deliver(np.stack(rows), out)
         direct = (out is not None and out.dtype == np.float32 and out.shape == (X.shape[0], self.n_rows)
                   and out.flags.c_contiguous)
         Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)

@@ -4,7 +4,7 @@
     llm = LLM()  # the default model (see runtime.registry), or LLM("path/to/model.gguf")
     text = llm.generate("Once upon a time", max_tokens=32, temperature=0)
 
-The API (LLM, load, SamplingParams) is imported on first use, so `import runtime.gguf` stays light.
+The API (LLM, load, SamplingParams, Grammar) is imported on first use, so `import runtime.gguf` stays light.
 """
 
 from .errors import (
@@ -12,6 +12,7 @@ from .errors import (
     FetchError,
     GGUFError,
     GPUError,
+    GrammarError,
     LlambaError,
     NumericsError,
     TokenizerError,
@@ -19,12 +20,13 @@ from .errors import (
 )
 
 __all__ = [
-    "LLM", "load", "SamplingParams", "GenerationStats", "ChatTemplateError",
+    "LLM", "Session", "SessionState", "load", "SamplingParams", "GenerationStats", "ChatTemplateError", "Grammar",
     "LlambaError", "GGUFError", "UnsupportedError", "ContextOverflowError", "TokenizerError", "FetchError",
-    "NumericsError", "GPUError",
+    "NumericsError", "GrammarError", "GPUError",
 ]
 
-_LAZY = {"LLM": "llm", "SamplingParams": "sampling", "GenerationStats": "generate", "ChatTemplateError": "chat"}
+_LAZY = {"LLM": "llm", "Session": "llm", "SessionState": "state", "SamplingParams": "sampling",
+         "GenerationStats": "generate", "ChatTemplateError": "chat", "Grammar": "grammar"}
 
 
 def load(model=None, **kwargs):

@@ -52,13 +52,27 @@ def _compile(template: str) -> jinja2.Template:
 
 
 def check_messages(messages) -> list[dict]:
-    """Messages as a list of {'role': str, 'content': str, ...} dicts, or ChatTemplateError."""
+    """Messages as a list of {'role': str, 'content': ..., ...} dicts, or ChatTemplateError. As in OpenAI's API a
+    content is a string, None or a list of typed parts ([{'type': 'text', 'text': ...}, ...]), and an assistant
+    message with 'tool_calls' (a list) may have none; templates get them as they are, as transformers passes them."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ChatTemplateError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ChatTemplateError(f"message {i} must be a dict with string 'role' and 'content', got {m!r}")
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and _valid_content(m)):
+            raise ChatTemplateError(f"message {i} must be a dict with a string 'role' and a 'content' (a string, None "
+                                    f"or a list of {{'type': ...}} parts), got {m!r}")
     return [dict(m) for m in messages]
+
+
+def _valid_content(message: dict) -> bool:
+    calls = message.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        return False
+    if "content" not in message:
+        return calls is not None
+    content = message["content"]
+    return content is None or isinstance(content, str) or (
+        isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content))
 
 
 def template_variables(metadata: dict) -> dict:

@@ -1,5 +1,5 @@
 """The `llamba` command: run, chat, pull, list here (llama.cpp option spellings), plus the commands
-other modules provide (convert, quantize, bench).
+other modules provide (convert, quantize, bench, perplexity, serve).
 
 A command here is a `_cmd_*` function plus an `_add_*` parser builder listed in COMMANDS. A command from
 another module is an entry in PLUGINS: the module's `add_arguments(parser)` and the function that runs
@@ -221,6 +221,7 @@ PLUGINS = {
     "quantize": ("runtime.convert.requantize", "run_args", "re-quantize a GGUF file to another type or K-quant mix"),
     "bench": ("runtime.eval.bench", "main", "prompt processing and generation speed (llama-bench style)"),
     "perplexity": ("runtime.eval.perplexity", "run_args", "perplexity over a text file (llama.cpp's method)"),
+    "serve": ("runtime.server", "run_args", "an OpenAI-compatible HTTP server (the `server` extra)"),
 }
 
 

@@ -33,5 +33,9 @@ class NumericsError(LlambaError):
     """A model produced NaN or infinite values (damaged weights, or a wrong conversion)."""
 
 
+class GrammarError(LlambaError):
+    """A JSON schema, grammar or response_format is invalid, or a constrained generation left its grammar."""
+
+
 class GPUError(LlambaError):
     """GPU offload was asked for (n_gpu_layers) and cannot run: numba-cuda, a driver or a GPU is missing."""

@@ -209,11 +209,17 @@ def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
 
 
 class KVCache:
-    """Keys and values of every layer for n_ctx positions, float32 (n_layer, n_head_kv, n_ctx, head_dim)."""
+    """Keys and values of every layer for n_ctx positions, float32 (n_layer, n_head_kv, n_ctx, head_dim); `device`:
+    those of the layers offloaded to a GPU (runtime/gpu), which k and v leave out."""
 
     def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int):
         self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
         self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
+        self.device = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.k.shape[2]
 
     @property
     def nbytes(self) -> int:
@@ -346,11 +352,11 @@ class Embedding:
     pos: QMatrix | None = None  # (n_pos, n_embd)
     norm: Norm | None = None
 
-    def __call__(self, tokens: np.ndarray, pos: int, out: np.ndarray) -> np.ndarray:
-        # tokens (m,) at positions pos..pos+m-1 -> out (m, n_embd)
+    def __call__(self, tokens: np.ndarray, pos, out: np.ndarray) -> np.ndarray:
+        # tokens (m,) at positions pos..pos+m-1 (or at positions pos (m,), a batch of sequences) -> out (m, n_embd)
         out[:] = self.tok.get_rows(tokens)
         if self.pos is not None:
-            out += self.pos.get_rows(np.arange(pos, pos + tokens.size))
+            out += self.pos.get_rows(np.arange(pos, pos + tokens.size) if np.isscalar(pos) else pos)
         if self.scale != 1.0:
             out *= np.float32(self.scale)
         if self.norm is not None:
@@ -413,7 +419,13 @@ class DecoderLayer:
         self.up_gate = None if w.w_gate is None else MatvecGroup((w.w_up, w.w_gate))
 
     def __call__(self, b: Buffers, pos: int, k_cache: np.ndarray, v_cache: np.ndarray) -> None:
-        # b.x (n, n_embd) updated in place; k_cache, v_cache (n_head_kv, n_ctx, head_dim) of this layer
+        # b.x (n, n_embd) updated in place: one sequence's tokens at positions pos..pos+n-1; k_cache, v_cache
+        # (n_head_kv, n_ctx, head_dim) of this layer
+        self.run(b, [(0, b.n, pos, k_cache, v_cache)])
+
+    def run(self, b: Buffers, seqs: list) -> None:
+        """The layer over a batch of sequences: seqs lists (first row, n rows, position of the first row, k_cache,
+        v_cache) of each; the matrix products take all rows at once, RoPE and attention each sequence apart."""
         w, n, hd = self.w, b.n, self.head_dim
         h = w.attn_norm(b.x, b.h)
         q, k, v = linear_many(h, self.qkv, (b.q, b.k, b.v), (w.bq, w.bk, w.bv))
@@ -424,12 +436,14 @@ class DecoderLayer:
         if w.q_norm is not None:
             w.q_norm(q, q)
             w.k_norm(k, k)
-        if self.rope is not None:
-            self.rope(q, pos)
-            self.rope(k, pos)
-        k_cache[:, pos:pos + n] = k.transpose(1, 0, 2)
-        v_cache[:, pos:pos + n] = v.transpose(1, 0, 2)
-        attention(q, k_cache, v_cache, pos, self.scale, self.window, b.att, self.alibi)
+        for r, m, pos, k_cache, v_cache in seqs:
+            qs, ks = q[r:r + m], k[r:r + m]  # (m, n_head(_kv), head_dim) views
+            if self.rope is not None:
+                self.rope(qs, pos)
+                self.rope(ks, pos)
+            k_cache[:, pos:pos + m] = ks.transpose(1, 0, 2)
+            v_cache[:, pos:pos + m] = v[r:r + m].transpose(1, 0, 2)
+            attention(qs, k_cache, v_cache, pos, self.scale, self.window, b.att[r:r + m], self.alibi)
         y = linear(w.wo, b.att, b.o, w.bo)
         if self.parallel and w.ffn_norm is not None:  # None (falcon 7B): the MLP reads attn_norm's h too
             h = w.ffn_norm(b.x, b.h)  # of the block input, before the attention residual

@@ -1,4 +1,4 @@
-"""Loading a GGUF model (weights stay memory-mapped) and its forward pass over a preallocated KV cache."""
+"""Loading a GGUF model (weights stay memory-mapped) and its forward pass over a KV cache the caller owns."""
 
 import os
 
@@ -131,11 +131,17 @@ def _moe_weights(w: Weights, c, p: str) -> dict:
 
 
 class Model:
-    """A loaded model: `forward(tokens, pos)` runs tokens at positions pos.. and fills the KV cache.
-    n_gpu_layers: the last layers (and the head past n_layer) run on the GPU (runtime/gpu), `gpu` the offload."""
+    """A loaded model: `forward(tokens, pos, cache)` runs tokens at positions pos.. and fills `cache` there.
+
+    The model holds no conversation state: each caller owns its KV caches (new_cache()), so several conversations
+    share one set of weights. Its activation buffers are shared, though: one forward at a time per model.
+    n_gpu_layers: the last layers (and the head past n_layer) run on the GPU, `gpu` the offload (runtime/gpu)."""
+
+    check_finite = True  # non-finite logits raise NumericsError (the warm-up's scratch models turn it off)
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
+        self.closed = False
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
         self.tok_embd = self.embed.tok  # (n_vocab, n_embd)
@@ -162,9 +168,9 @@ class Model:
         self.gpu = None
         if n_gpu_layers:
             from .gpu import offload_layers
-            self.gpu = offload_layers(self, n_gpu_layers, main_gpu)
+            self.gpu = offload_layers(self, n_gpu_layers, main_gpu)  # None: -1 without a GPU (a warning)
+        if self.gpu is not None:
             self.layers = self.layers[:self.gpu.placement.first]  # the CPU's share
-        self.cache = KVCache(len(self.layers), c.n_head_kv, n_ctx, c.head_dim)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
     def _buffers_for(self, n: int) -> Buffers:
@@ -175,7 +181,32 @@ class Model:
             b = self._buffers[n] = Buffers(n, c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_ff)
         return b
 
-    def _check(self, tokens, pos) -> np.ndarray:
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        """A zeroed KV cache for n_ctx positions (default: the model's), refused before it is allocated when the memory
+        available now cannot hold it."""
+        self._check_open()
+        c, n = self.config, self.n_ctx if n_ctx is None else n_ctx
+        if not 0 < n <= self.n_ctx:
+            raise ContextOverflowError(f"a KV cache of {n} positions: the model was loaded for 1..{self.n_ctx}")
+        _check_memory(c, n, tables=False)
+        cache = KVCache(len(self.layers), c.n_head_kv, n, c.head_dim)  # the CPU's layers
+        if self.gpu is not None:
+            cache.device = self.gpu.new_cache(n)
+        return cache
+
+    def close(self) -> None:
+        """Drop the weights (views of the file's map) and unmap the file; forward() raises LlambaError afterwards."""
+        self.closed = True
+        self.embed = self.tok_embd = self.output = self.batch_output = self.output_norm = self.output_bias = None
+        self.layers, self._buffers, self.gpu = [], {}, None
+        self.gguf.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LlambaError(f"{self.gguf.path}: this model was closed")
+
+    def _check(self, tokens, pos, cache: KVCache) -> np.ndarray:
+        self._check_open()
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
             raise LlambaError(f"tokens must be a non-empty 1-D integer array, got {tokens.dtype} {tokens.shape}")
@@ -183,30 +214,53 @@ class Model:
             raise LlambaError(f"token ids must lie in 0..{self.n_vocab - 1}, got {tokens.min()}..{tokens.max()}")
         if not isinstance(pos, (int, np.integer)) or pos < 0:
             raise LlambaError(f"pos must be a non-negative integer, got {pos!r}")
-        if pos + tokens.size > self.n_ctx:
+        if pos + tokens.size > cache.n_ctx:
             raise ContextOverflowError(
                 f"{tokens.size} tokens at position {pos} need {pos + tokens.size} positions but the context holds "
-                f"{self.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
+                f"{cache.n_ctx} (load_model(n_ctx=...) allows up to {self.config.context_length})")
         return tokens
 
-    def forward(self, tokens, pos: int, all_logits: bool = False) -> np.ndarray:
-        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits."""
-        tokens = self._check(tokens, pos)
-        n = tokens.size
-        logits = np.empty((n if all_logits else 1, self.n_vocab), np.float32)
+    def forward(self, tokens, pos: int, cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+        """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits; with hidden,
+        the final hidden states (n, n_embd) of every token after the output norm (what embeddings pool), no head.
+        Writes the tokens' K/V at positions pos.. of `cache` (from new_cache()) and attends over its 0..pos-1."""
+        tokens = self._check(tokens, pos, cache)
+        n, every = tokens.size, all_logits or hidden
+        out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
             chunk = tokens[i:i + UBATCH]
             b = self._buffers_for(chunk.size)
             self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
-                layer(b, pos + i, self.cache.k[il], self.cache.v[il])
-            if self.gpu is not None:
-                self.gpu.forward(b.x, pos + i)  # the offloaded layers; b.x comes back unless the head is there too
-            if all_logits:
-                self._head(b.x, b.h, logits[i:i + chunk.size])
-        if not all_logits:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
-            self._head(b.x[-1:], b.h[:1], logits, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
-        return logits if all_logits else logits[0]
+                layer(b, pos + i, cache.k[il], cache.v[il])
+            if self.gpu is not None:  # the offloaded layers; b.x comes back unless only the GPU's head reads it
+                self.gpu.forward(b.x, [(0, chunk.size, pos + i, cache.device)], fetch=hidden)
+            if hidden:
+                self.output_norm(b.x, out[i:i + chunk.size])
+            elif all_logits:
+                self._head(b.x, b.h, out[i:i + chunk.size])
+        if not every:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
+            self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
+        return out if every else out[0]
+
+    def forward_batch(self, tokens, positions, caches) -> np.ndarray:
+        """Logits (m, n_vocab) of one decode step of m sequences: token i at positions[i] of caches[i] (continuous
+        batching). The weights are read once for all of them; each row is computed exactly as forward() computes
+        one token alone, as long as m < BLAS_MIN_TOKENS (the scheduler splits larger batches)."""
+        tokens = np.asarray(tokens, np.int32)
+        if not 0 < tokens.size < BLAS_MIN_TOKENS or len(positions) != tokens.size or len(caches) != tokens.size:
+            raise LlambaError(f"forward_batch takes 1..{BLAS_MIN_TOKENS - 1} tokens, one position and cache each")
+        for t, p, cache in zip(tokens, positions, caches, strict=True):
+            self._check(t[None], p, cache)
+        b = self._buffers_for(tokens.size)
+        self.embed(tokens, np.asarray(positions), b.x)  # (m, n_embd)
+        for il, layer in enumerate(self.layers):
+            layer.run(b, [(i, 1, p, c.k[il], c.v[il]) for i, (p, c) in enumerate(zip(positions, caches, strict=True))])
+        if self.gpu is not None:
+            self.gpu.forward(b.x, [(i, 1, p, c.device) for i, (p, c) in enumerate(zip(positions, caches, strict=True))])
+        logits = np.empty((tokens.size, self.n_vocab), np.float32)
+        self._head(b.x, b.h, logits)
+        return logits
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:
         # x (m, n_embd) final hidden states -> out (m, n_vocab) logits
@@ -219,7 +273,7 @@ class Model:
                 out /= cap
                 np.tanh(out, out=out)
                 out *= cap
-        if not np.isfinite(out.max()):  # NaN propagates through max: one reduction per call
+        if self.check_finite and not np.isfinite(out.max()):  # NaN propagates through max: one reduction per call
             raise NumericsError(f"{self.gguf.path}: the model produced NaN or infinite logits; "
                                 + nonfinite_tensors(self.gguf))
 
@@ -256,11 +310,12 @@ def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: i
     return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu)
 
 
-def _check_memory(config, n_ctx: int) -> None:
-    """Refuse a context whose KV cache (float32 K and V of every layer) and RoPE tables would not fit in the
-    memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked)."""
+def _check_memory(config, n_ctx: int, tables: bool = True) -> None:
+    """Refuse a context whose KV cache (float32 K and V of every layer) and, with tables, RoPE tables would not fit
+    in the memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked).
+    load_model checks the tables and one cache (a model is of no use without one); Model.new_cache each cache."""
     c = config
-    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + 3 * 8 * n_ctx * c.n_rot // 2
+    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

@@ -337,14 +337,17 @@ class Tokenizer:
         """A control or unknown token (not text: `decode(skip_special=True)` drops it)."""
         return int(self._vocab.types[self._check(tid)]) in _SPECIAL_TYPES
 
+    def is_markup(self, tid: int) -> bool:
+        """A token `decode(skip_special=True)` drops: a special token, or a tag-shaped user-defined one."""
+        kind = self._vocab.types[self._check(tid)]
+        return kind in _SPECIAL_TYPES or (kind == USER_DEFINED and bool(_TAG.fullmatch(self.token_bytes(tid))))
+
     def _piece(self, tid, skip_special: bool, strip: bool):
         """(bytes of `tid` in decoded text, whether a leading space of the next text token is a space prefix)."""
         piece = self.token_bytes(tid)
         kind = self._vocab.types[tid]
-        if kind in _SPECIAL_TYPES:
-            return (b"" if skip_special else piece), self.add_space_prefix
-        if kind == USER_DEFINED:
-            return (b"" if skip_special and _TAG.fullmatch(piece) else piece), self.add_space_prefix
+        if kind in _SPECIAL_TYPES or kind == USER_DEFINED:
+            return (b"" if skip_special and self.is_markup(tid) else piece), self.add_space_prefix
         if not piece:
             return piece, strip
         return (piece[1:] if strip and piece[:1] == b" " else piece), False

@@ -4,7 +4,7 @@ A cold kernel cache compiles here (with one progress display) instead of in the 
 loads the kernels it would load anyway. For each kind of weight matrix (type, kernel path): its matrix-vector,
 grouped, small-batch and large-batch (sgemm tile) products and a row lookup; then, for each distinct kind of layer,
 a one-token decode, a small and a large batch, last-token and all-token logits, on a one-layer shallow copy of the
-model with its own small KV cache (the real cache and buffers are never touched).
+model over a small KV cache of its own (no conversation's cache nor the model's buffers are touched).
 
 After a warm-up completes, a marker file in quant's kernel cache (keyed on the model's kinds of matrices and
 layers, quant's and runtime's sources, numba and the CPU) lets the next one be skipped: a full pass over cached
@@ -116,23 +116,23 @@ def _steps(model) -> list:
         layers.setdefault(_kind(layer), layer)
     ids = np.arange(large, dtype=np.int32) % min(model.n_vocab, ROWS)
     for layer in layers.values():
-        m = _scratch(model, layer, 1 + 2 * small + 2 * large)
-        steps += [lambda m=m: m.forward(ids[:1], 0),  # decode
-                  lambda m=m: m.forward(ids[:small], 1),  # a short prompt
-                  lambda m=m: m.forward(ids, 1 + small),  # a long prompt, its last token (the batch head)
-                  lambda m=m: m.forward(ids, 1 + small + large, all_logits=True),  # a long prompt, all logits
-                  lambda m=m: m.forward(ids[:small], 1 + small + 2 * large, all_logits=True)]
+        m = _scratch(model, layer)
+        kv = KVCache(1, model.config.n_head_kv, 1 + 2 * small + 2 * large, model.config.head_dim)
+        steps += [lambda m=m, kv=kv: m.forward(ids[:1], 0, kv),  # decode
+                  lambda m=m, kv=kv: m.forward(ids[:small], 1, kv),  # a short prompt
+                  lambda m=m, kv=kv: m.forward(ids, 1 + small, kv),  # a long prompt, its last token (the batch head)
+                  lambda m=m, kv=kv: m.forward(ids, 1 + small + large, kv, all_logits=True),  # all logits
+                  lambda m=m, kv=kv: m.forward(ids[:small], 1 + small + 2 * large, kv, all_logits=True)]
     return steps
 
 
-def _scratch(model, layer, n_ctx: int):
-    """A shallow copy of model running only `layer`, with its own KV cache of n_ctx positions and output heads of
-    ROWS rows (the same kinds of arrays as the real ones, so the same compiled kernels)."""
-    c = model.config
+def _scratch(model, layer):
+    """A shallow copy of model running only `layer` (over a one-layer KV cache) with output heads of ROWS rows (the
+    same kinds of arrays as the real ones, so the same compiled kernels)."""
     m = copy.copy(model)
     rows = min(model.n_vocab, ROWS)
-    m.layers, m.n_ctx, m.n_vocab, m._buffers, m.gpu = [layer], n_ctx, rows, {}, None
-    m.cache = KVCache(1, c.n_head_kv, n_ctx, c.head_dim)
+    m.layers, m.n_vocab, m._buffers, m.gpu = [layer], rows, {}, None
+    m.check_finite = False  # one layer out of its stack, fed arbitrary tokens: its logits need not be finite
     m.output, m.batch_output = (QMatrix(h.raw[:rows], h.qtype, h.n_cols, h.path)
                                 for h in (model.output, model.batch_output))
     m.output_bias = None if model.output_bias is None else model.output_bias[:rows]

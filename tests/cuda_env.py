@@ -1,9 +1,9 @@
 """Where the CUDA tests run: on the GPU where the machine has one (an NVIDIA driver and numba-cuda), else in
 numba-cuda's simulator, which runs the same kernel source as Python on the CPU.
 
-Import this before anything imports numba.cuda: it sets NUMBA_ENABLE_CUDASIM=1 for the simulator, which numba-cuda
-reads once, on its first import. Only the GPU kernels and the offload import numba.cuda, so the CPU tests of the
-same run are unaffected. LLAMBA_CUDASIM=1 forces the simulator on a GPU machine.
+Import this before anything imports numba.cuda: it sets NUMBA_ENABLE_CUDASIM=1 for the simulator (and reloads
+numba's config, which numba-cuda reads once, on its first import). Only the GPU kernels and the offload import
+numba.cuda, so the CPU tests of the same run are unaffected. LLAMBA_CUDASIM=1 forces the simulator on a GPU machine.
 
 The simulator runs every CUDA thread of a block as an OS thread and polls them from a loop that holds the GIL, and
 hands kernels wrapper objects for arrays: ~1 ms per CUDA thread on these machines, a minute per token of a tiny
@@ -23,6 +23,9 @@ REAL_GPU = (HAVE_NUMBA_CUDA and ctypes.util.find_library("cuda") is not None
             and os.environ.get("LLAMBA_CUDASIM") != "1")
 if not REAL_GPU:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config  # numba.cuda reads numba's config, which read the environment when numba loaded
+
+    config.reload_config()
 
 needs_cuda = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason='numba-cuda is not installed: pip install -e ".[test]"')
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not REAL_GPU, reason="needs an NVIDIA GPU, its driver and numba-cuda "

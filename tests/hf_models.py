@@ -161,7 +161,8 @@ def transformers_logits(model, tokens) -> np.ndarray:
 
 
 def llamba_logits(path, tokens) -> np.ndarray:
-    return load_model(path).forward(np.asarray(tokens), 0, all_logits=True).astype(np.float64)
+    m = load_model(path)
+    return m.forward(np.asarray(tokens), 0, m.new_cache(), all_logits=True).astype(np.float64)
 
 
 def assert_logits_match(got: np.ndarray, ref: np.ndarray, min_corr: float | None, label: str):
@@ -186,10 +187,11 @@ def assert_greedy_matches(path, model, prompt: np.ndarray, n_new: int = 16):
         ref = model.generate(torch.tensor(prompt)[None], max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
                              eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     m = load_model(path)
-    logits, got = m.forward(prompt, 0), []
+    kv = m.new_cache()
+    logits, got = m.forward(prompt, 0, kv), []
     for i in range(n_new):
         got.append(int(np.argmax(logits)))
-        logits = m.forward(np.array(got[-1:]), len(prompt) + i)
+        logits = m.forward(np.array(got[-1:]), len(prompt) + i, kv)
     assert got == ref
 
 

@@ -16,6 +16,7 @@ import pytest
 from runtime import LLM, ContextOverflowError, LlambaError, SamplingParams
 from runtime.generate import Context, GenerationStats, StopMatcher, generate
 from runtime.gguf import GGUFFile
+from runtime.layers import KVCache
 from runtime.sampling import Sampler
 from runtime.tokenizer import Tokenizer
 
@@ -31,8 +32,11 @@ class ScriptedModel:
         self.prompt_len = None
         self.calls = []  # (n_tokens, pos)
 
-    def forward(self, tokens, pos, all_logits=False):
-        assert pos + len(tokens) <= self.n_ctx
+    def new_cache(self):
+        return KVCache(0, 0, self.n_ctx, 0)
+
+    def forward(self, tokens, pos, cache, all_logits=False):
+        assert pos + len(tokens) <= cache.n_ctx
         self.calls.append((len(tokens), pos))
         if pos == 0:
             self.prompt_len = len(tokens)

@@ -59,6 +59,9 @@ def test_report_table(report):
         assert mean > 0 and sd >= 0
     assert rows[1][7].endswith("% |") and rows[0][7] == " |"  # tg against the bandwidth bound only
     assert "time to first token" in text and "peak RSS" in text and "bandwidth 1T" in text
+    from quant.jit import isa
+
+    assert f"kernels: llamba integer dots {isa.ISA} (" in text and "numpy BLAS " in text
     per_token = report.model.bytes_per_token
     assert "last-level cache" in bench.markdown(dataclasses.replace(report, llc_bytes=per_token))
     assert "last-level cache" not in bench.markdown(dataclasses.replace(report, llc_bytes=per_token - 1))
@@ -79,6 +82,7 @@ def test_report_json(report, model_path):
     assert engine["name"] == "llamba" and engine["load_s"] > 0 and engine["ttft_s"] > 0
     assert engine["peak_rss_bytes"] > report.model.size / 2  # the weights were read through the map
     assert out["bandwidth_gbps"]["1"] > 0 and out["ratios"] == []
+    assert out["kernels"]["isa"] in out["kernels"]["isa_supported"] and out["kernels"]["blas"]
 
     # oracle: the gguf package's reader. SmolLM2 ties the output to the embeddings, so a token reads every
     # tensor once, the embeddings a second time in full (output) plus one row (lookup)
@@ -131,3 +135,32 @@ def test_compare_with_llama_cpp(model_path):
     assert [r["test"] for r in ratios] == ["pp8", "tg2"] and all(r["ratio"] > 0 for r in ratios)
     assert "| test | threads | llamba t/s | llama.cpp t/s | llamba / llama.cpp |" in bench.markdown(rep)
     assert all(e.peak_rss > 0 and e.load_s > 0 for e in rep.engines)
+
+
+def test_synthetic_file_loads_in_both_engines(tmp_path, model_path):
+    """The 7B workload's writer at test size: llama.cpp's Q4_K_M mix, finite random blocks, a real tokenizer;
+    llamba and llama.cpp load it and give finite logits."""
+    from runtime.eval.synthetic import RANDOM_NOTE, write_synthetic
+    from runtime.gguf import GGUFFile
+    from runtime.model import load_model
+
+    out = tmp_path / "tiny.gguf"
+    res = write_synthetic(out, "tiny", model_path(SMOL), log=lambda s: None)
+    assert res.path == out and not list(tmp_path.glob(".*partial"))  # written to a temporary file, renamed
+    with GGUFFile(out) as g:
+        types = {n: t.qtype.name for n, t in g.tensors.items()}
+        assert RANDOM_NOTE in g.metadata["general.description"]
+        assert len(g.metadata["tokenizer.ggml.tokens"]) == g.tensors["output.weight"].shape[0] == 49152
+    assert types["output.weight"] == "Q6_K" and types["blk.0.attn_q.weight"] == "Q4_K"
+    # llama.cpp's use_more_bits over 2 layers: the last one (i >= 7n/8) gets Q6_K
+    assert [types[f"blk.{i}.{k}.weight"] for k in ("attn_v", "ffn_down") for i in (0, 1)] == ["Q4_K", "Q6_K"] * 2
+    model = load_model(out, 64)
+    logits = model.forward(np.arange(1, 9), 0)
+    assert np.all(np.isfinite(logits)) and np.std(logits) > 0
+    pytest.importorskip("llama_cpp", reason='llama-cpp-python is not installed: pip install -e ".[interop]"')
+    from runtime.eval.llamacpp import open_llama
+
+    llm = open_llama(model_path=str(out), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(list(range(1, 9)))
+    theirs = np.array(llm.scores[:8])
+    assert np.all(np.isfinite(theirs)) and np.std(theirs) > 0

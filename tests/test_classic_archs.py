@@ -121,10 +121,11 @@ def test_unsupported_variants_are_refused(module, cfg, message):
 def test_kv_cache_decoding_equals_full_pass(converted, kind):
     path, model = converted(kind, "f32")
     tokens = tokens_for(model)
-    full = load_model(path).forward(tokens, 0, all_logits=True)  # (n, n_vocab)
+    full = llamba_logits(path, tokens)  # (n, n_vocab)
     m = load_model(path)
-    steps = [m.forward(tokens[:24], 0, all_logits=True)]
-    steps += [m.forward(tokens[i:i + 1], i, all_logits=True) for i in range(24, N_TOKENS)]
+    kv = m.new_cache()
+    steps = [m.forward(tokens[:24], 0, kv, all_logits=True)]
+    steps += [m.forward(tokens[i:i + 1], i, kv, all_logits=True) for i in range(24, N_TOKENS)]
     np.testing.assert_allclose(np.concatenate(steps), full, rtol=0, atol=1e-5 * np.abs(full).max())
 
 

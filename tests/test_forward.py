@@ -78,10 +78,11 @@ def _assert_logits_close(ours: np.ndarray, ref: np.ndarray, min_agree=0.98, min_
 
 def test_logits_match_transformers(case):
     # measured: argmax agreement 1.0 and min Pearson r > 0.99999 on all three models
-    ours = case.model.forward(case.ids, 0, all_logits=True)  # (n, n_vocab)
+    kv = case.model.new_cache()
+    ours = case.model.forward(case.ids, 0, kv, all_logits=True)  # (n, n_vocab)
     assert ours.shape == case.logits.shape and ours.dtype == np.float32
     _assert_logits_close(ours, case.logits)
-    last = case.model.forward(case.ids, 0)
+    last = case.model.forward(case.ids, 0, kv)
     np.testing.assert_allclose(last, ours[-1], rtol=0, atol=1e-4 * np.abs(ours[-1]).max())
     if case.swa_logits is not None:
         _check_gemma3_sliding_window(case)
@@ -93,40 +94,46 @@ def _check_gemma3_sliding_window(case):
     gguf = GGUFFile(case.model.gguf.path)
     gguf.metadata["gemma3.attention.sliding_window"] = GEMMA_TEST_WINDOW
     model = load_model(gguf, n_ctx=256)
-    n_prompt = 40
-    ours = [model.forward(case.ids[:n_prompt], 0, all_logits=True)]
-    ours += [model.forward(case.ids[i:i + 1], i)[None] for i in range(n_prompt, len(case.ids))]
+    n_prompt, kv = 40, model.new_cache()
+    ours = [model.forward(case.ids[:n_prompt], 0, kv, all_logits=True)]
+    ours += [model.forward(case.ids[i:i + 1], i, kv)[None] for i in range(n_prompt, len(case.ids))]
     _assert_logits_close(np.concatenate(ours), case.swa_logits)
     assert np.abs(case.swa_logits - case.logits).max() > 1.0  # the window matters
 
 
 def test_kv_cache_decoding_matches_full_pass(case, monkeypatch):
     monkeypatch.setattr(runtime.model, "UBATCH", 7)  # the full pass runs as several chunks too
-    n, n_prompt = 30, 11
-    full = case.model.forward(case.ids[:n], 0, all_logits=True)  # (n, n_vocab)
-    steps = [case.model.forward(case.ids[:n_prompt], 0)]
-    steps += [case.model.forward(case.ids[i:i + 1], i) for i in range(n_prompt, n)]
+    n, n_prompt, kv = 30, 11, case.model.new_cache()
+    full = case.model.forward(case.ids[:n], 0, kv, all_logits=True)  # (n, n_vocab)
+    steps = [case.model.forward(case.ids[:n_prompt], 0, kv)]
+    steps += [case.model.forward(case.ids[i:i + 1], i, kv) for i in range(n_prompt, n)]
     stepwise = np.stack(steps)  # logits of tokens n_prompt-1 .. n-1
     np.testing.assert_allclose(stepwise, full[n_prompt - 1:], rtol=0, atol=2e-3 * np.abs(full).max())
 
 
 def test_greedy_generation_matches_transformers(case):
+    kv = case.model.new_cache()
     for prompt, expected in case.greedy:
-        ids, logits = list(prompt), case.model.forward(prompt, 0)
+        ids, logits = list(prompt), case.model.forward(prompt, 0, kv)
         for _ in range(16):
             ids.append(int(logits.argmax()))
-            logits = case.model.forward(ids[-1:], len(ids) - 1)
+            logits = case.model.forward(ids[-1:], len(ids) - 1, kv)
         assert ids[len(prompt):] == expected
 
 
 def test_context_overflow(model_path):
     model = load_model(model_path("smollm2-135m-instruct"), n_ctx=8)
     assert model.n_ctx == 8
-    model.forward(np.arange(8), 0)
+    kv = model.new_cache()
+    model.forward(np.arange(8), 0, kv)
     with pytest.raises(ContextOverflowError, match="context holds 8"):
-        model.forward([1], 8)
+        model.forward([1], 8, kv)
     with pytest.raises(ContextOverflowError):
-        model.forward(np.arange(9), 0)
+        model.forward(np.arange(9), 0, kv)
+    with pytest.raises(ContextOverflowError, match="context holds 4"):
+        model.forward(np.arange(5), 0, model.new_cache(4))
+    with pytest.raises(ContextOverflowError, match="loaded for 1..8"):
+        model.new_cache(9)
 
 
 def test_context_is_capped_and_its_memory_checked(model_path):

@@ -52,10 +52,11 @@ def tiny(tmp_path_factory):
 
 def _run(model) -> tuple:
     """(logits (len(PROMPT) + N_NEW, n_vocab): the prompt's, then each greedy step's; the greedy tokens)."""
-    rows, tokens = [model.forward(PROMPT, 0, all_logits=True)], []
+    cache = model.new_cache()
+    rows, tokens = [model.forward(PROMPT, 0, cache, all_logits=True)], []
     for i in range(N_NEW):
         tokens.append(int(np.argmax(rows[-1][-1])))
-        rows.append(model.forward(np.array(tokens[-1:], np.int32), len(PROMPT) + i)[None])
+        rows.append(model.forward(np.array(tokens[-1:], np.int32), len(PROMPT) + i, cache)[None])
     return np.concatenate(rows), tokens
 
 
@@ -85,10 +86,37 @@ def test_launches_per_token(tiny):
     from quant.kernels.cuda import target
 
     m = load_model(tiny("llama"), n_ctx=8, n_gpu_layers=99)
-    m.forward(PROMPT[:2], 0)
+    cache = m.new_cache()
+    m.forward(PROMPT[:2], 0, cache)
     start = target.launches()
-    m.forward(PROMPT[2:3], 2)
+    m.forward(PROMPT[2:3], 2, cache)
     assert target.launches() - start == 9 * m.config.n_layer + 2
+
+
+def test_sessions_batch_and_state(tiny):
+    """Sequences in their own caches decoded together (forward_batch: one set of matrix launches, RoPE and attention
+    per sequence) give each one's own logits; a state saved from the GPU's fp16 cache continues on a CPU-only model
+    as from the CPU's own cache."""
+    path = tiny("llama")
+    gpu, cpu = load_model(path, n_ctx=16, n_gpu_layers=1), load_model(path, n_ctx=16)
+    a, b = gpu.new_cache(), gpu.new_cache()
+    gpu.forward(PROMPT, 0, a)
+    gpu.forward(PROMPT[:3], 0, b)
+    batch = gpu.forward_batch([7, 9], [5, 3], [a, b])
+    ref = [cpu.forward(np.array([*PROMPT, 7]), 0, cpu.new_cache()), cpu.forward(np.array([*PROMPT[:3], 9]), 0,
+                                                                                 cpu.new_cache())]
+    assert np.abs(batch - np.stack(ref)).max() < TOLERANCE * np.abs(ref).max()
+
+    from runtime.generate import Context
+    from runtime.state import capture, restore
+    ctx = Context(gpu)
+    ctx.eval(list(PROMPT))
+    state = capture(ctx, "tiny")
+    assert state.k.shape[0] == gpu.config.n_layer
+    moved = Context(cpu)
+    restore(moved, state)
+    logits = cpu.forward(np.array([7]), 5, moved.cache)
+    assert np.abs(logits - ref[0]).max() < TOLERANCE * np.abs(ref[0]).max()
 
 
 def test_placement():
@@ -128,6 +156,23 @@ def test_no_numba_cuda_is_one_clear_error(tiny):
     assert err == 'error: -ngl 1: GPU offload needs numba-cuda, which is not installed: pip install -e ".[cuda]"\n'
 
 
+def test_minus_one_falls_back_to_the_cpu(tiny, monkeypatch):
+    """n_gpu_layers=-1, as llama-cpp-python programs pass it, runs on the CPU where no GPU can be used (a warning);
+    a positive count there is an error."""
+    from quant.kernels.cuda import target
+    from runtime.errors import GPUError
+    from runtime.gpu import NoGPUWarning
+
+    def no_driver(index):
+        raise target.CudaUnavailable("GPU offload needs the NVIDIA driver, which is missing or failed (test)")
+
+    monkeypatch.setattr(target, "open_device", no_driver)
+    with pytest.warns(NoGPUWarning, match="running on the CPU"):
+        assert load_model(tiny("llama"), n_ctx=8, n_gpu_layers=-1).gpu is None
+    with pytest.raises(GPUError, match=r"^-ngl 2: GPU offload needs the NVIDIA driver"):
+        load_model(tiny("llama"), n_ctx=8, n_gpu_layers=2)
+
+
 @pytest.mark.skipif(cuda_env.REAL_GPU, reason="this machine has a GPU")
 def test_no_driver_is_one_clear_error(tiny):
     err = _cli_error(tiny, "pass")
@@ -144,4 +189,4 @@ def test_bench_reports_the_offload(tiny):
     table = markdown(rep)
     assert "| llamba CUDA | 1 | pp40 |" in table
     assert ("llamba offload: layers 0-1 (2 of 2) and the output head on GPU 0: " in table
-            and f"MiB of weights and KV cache, {9 * 2 + 2} launches per token" in table)
+            and f" MiB per KV cache, {9 * 2 + 2} launches per token" in table)

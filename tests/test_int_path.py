@@ -41,7 +41,7 @@ def case(request, model_path):
         # a batch of >= BLAS_MIN_TOKENS tokens multiplies dequantized tiles with sgemm (float math on either path):
         # raised here, so that the prompt pass runs the integer matrix kernels, as short prompts do
         mp.setattr(quant.matrix, "BLAS_MIN_TOKENS", len(ids) + 1)
-        ours = model.forward(ids, 0, all_logits=True)  # (n, n_vocab)
+        ours = model.forward(ids, 0, model.new_cache(), all_logits=True)  # (n, n_vocab)
     assert {layer.w.wq.path for layer in model.layers} == {"int"}
     return path, model, ids, ref, ours
 
@@ -80,9 +80,9 @@ def test_decoding_matches_prompt_pass(case):
     move an 8-bit activation by one step: so decoding follows the batch as closely as llama.cpp's two passes do,
     not to float rounding (the float path does: test_forward)."""
     _, model, ids, _, full = case
-    n = len(ids) - 16
-    model.forward(ids[:n], 0)
-    steps = np.stack([model.forward(ids[i:i + 1], i) for i in range(n, len(ids))])  # (16, n_vocab)
+    n, kv = len(ids) - 16, model.new_cache()
+    model.forward(ids[:n], 0, kv)
+    steps = np.stack([model.forward(ids[i:i + 1], i, kv) for i in range(n, len(ids))])  # (16, n_vocab)
     agree, corr = _metrics(steps, full[n:])
     print(f"decoding vs batch: argmax agreement {agree:.3f}, min Pearson {corr:.5f}")
     assert agree >= 0.8 and corr >= 0.998  # measured: 1.000 and 0.99859-0.99929

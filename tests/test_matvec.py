@@ -175,3 +175,84 @@ def test_real_model_tensors(model_path, rng):
             tol = FLOAT_TOL if path == "float" else Q8_TOL
             assert rel_err(m.matvec(X[0])[None], W, X[:1]) < tol, (model, name, path)
             assert rel_err(m.matmul(X), W, X) < tol, (model, name, path)
+
+
+# ---- the integer kernels' instruction-set variants (quant.jit.isa): each one the host runs against the portable one
+
+INT_KINDS = {"q8_0": GGMLType.Q8_0, "q4_0": GGMLType.Q4_0, "q4_1": GGMLType.Q4_1, "q5_0": GGMLType.Q5_0,
+             "q5_1": GGMLType.Q5_1, "iq4_nl": GGMLType.IQ4_NL, "q4_k": GGMLType.Q4_K, "q5_k": GGMLType.Q5_K,
+             "q6_k": GGMLType.Q6_K}
+
+
+def test_isa_choice_from_features(monkeypatch, capsys):
+    from quant.jit import isa
+
+    zen4 = {"avx2": True, "avx512f": True, "avx512bw": True, "avx512vl": True, "avx512vnni": True, "avxvnni": False}
+    assert isa.supported(zen4) == ["avx512vnni", "avxvnni", "avx2", "portable"]
+    assert isa.supported({"avx2": True, "avxvnni": True, "avx512f": False}) == ["avxvnni", "avx2", "portable"]
+    assert isa.supported({"avx2": True}) == ["avx2", "portable"] and isa.supported({}) == ["portable"]
+    best = isa.supported()[0]
+    assert isa.choose({}) == best and isa.choose({"LLAMBA_ISA": "portable"}) == "portable"
+    monkeypatch.setattr(isa, "supported", lambda: ["avx2", "portable"])  # never one the host lacks
+    assert isa.choose({"LLAMBA_ISA": "avx512vnni"}) == "avx2" and "not supported" in capsys.readouterr().err
+
+
+def _variant_rows(kind, variant):
+    """A jitted loop calling the row-dot intrinsic of `kind` emitted for `variant` on every row."""
+    from numba import njit
+
+    from quant.kernels import simd
+
+    dot = simd.row_dot_intrinsic(kind, variant)
+
+    @njit
+    def rows(w, row_bytes, qx, dx, sums, out):
+        for r in range(out.shape[0]):
+            out[r] = dot(w, r * row_bytes, qx, dx, sums)
+
+    return rows
+
+
+def _run_variant(rows, raw, qx, dx, bs, xs, k_quant):
+    out = np.empty(raw.shape[0], np.float32)
+    rows(raw.reshape(-1), raw.shape[1], qx, dx, bs if k_quant else xs, out)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(INT_KINDS))
+def test_isa_variants_give_identical_integer_sums(kind):
+    """Unit block scales (fp16 1.0 in every float field, activation scales 1) and activations small enough that
+    every partial sum stays below 2^24 (|x| <= 3 for the K-quants, whose sub-block scales reach 128): every
+    product and partial sum is an integer exactly representable in float32, whatever the order of the float
+    accumulation, so variants that compute the same integer sums give the same bits. Then realistic scales: each
+    variant against the oracle W @ dequant(Q8(x))."""
+    from quant.activation import quantize_activations
+    from quant.blocks import FLOAT_FIELDS
+    from quant.jit import isa
+
+    qtype = INT_KINDS[kind]
+    k_quant = type_info(qtype).block_size == 256
+    variants = isa.supported()
+    assert variants[-1] == "portable" and isa.ISA in variants
+    rng = np.random.default_rng(11)
+    for n_cols in ((256, 512) if k_quant else (32, 96, 352)):  # 1, 3 (odd: the 512-bit variant's tail) and 11 blocks
+        raw = random_raw(rng, qtype, 9, n_cols)
+        unit = raw.reshape(9, -1, type_info(qtype).type_size).copy()
+        for off in FLOAT_FIELDS[qtype]:
+            unit[:, :, off:off + 2] = np.array([1.0], np.float16).view(np.uint8)
+        unit = unit.reshape(9, -1)
+        qx = rng.integers(-3, 4, n_cols).astype(np.int8) if k_quant else rng.integers(-127, 128, n_cols).astype(np.int8)
+        bs = qx.reshape(-1, 16).astype(np.int32).sum(axis=1).astype(np.int32)
+        xs = bs.reshape(-1, 2).sum(axis=1).astype(np.float32)
+        dx = np.ones(n_cols // type_info(qtype).block_size, np.float32)
+        X = rng.standard_normal((1, n_cols), np.float32)
+        aq = quantize_activations(X, type_info(qtype).block_size)
+        W = oracle(raw, qtype)
+        results = {}
+        for v in variants:
+            rows = _variant_rows(kind, v)
+            results[v] = _run_variant(rows, unit, qx, dx, bs, xs, k_quant)
+            y = _run_variant(rows, raw, aq[0][0], aq[1][0], aq[2][0], aq[3][0], k_quant)
+            assert rel_err(y[None], W, dequant_q8(qtype, X)) < FLOAT_TOL, (v, n_cols)
+        for v in variants:
+            np.testing.assert_array_equal(results[v], results["portable"], err_msg=f"{kind} {v} n={n_cols}")

@@ -147,8 +147,9 @@ def test_kv_cache_decoding_equals_full_pass(mixtral):
     tokens = _tokens(model)
     full = llamba_logits(path, tokens)  # (n_tokens, n_vocab), one batch
     m = load_model(path)
-    steps = [m.forward(tokens[:24], 0, all_logits=True)] + [m.forward(tokens[i:i + 1], i, all_logits=True)
-                                                            for i in range(24, N_TOKENS)]
+    kv = m.new_cache()
+    steps = [m.forward(tokens[:24], 0, kv, all_logits=True)] + [m.forward(tokens[i:i + 1], i, kv, all_logits=True)
+                                                                for i in range(24, N_TOKENS)]
     np.testing.assert_allclose(np.concatenate(steps), full, rtol=0, atol=1e-4 * np.abs(full).max())
 
 
@@ -159,10 +160,11 @@ def test_greedy_matches_transformers(mixtral):
         ref = model.generate(torch.tensor(prompt)[None], max_new_tokens=16, do_sample=False, min_new_tokens=16,
                              attention_mask=torch.ones(1, prompt.size, dtype=torch.long))[0, prompt.size:].tolist()
     m = load_model(path)
-    got, logits, pos = [], m.forward(prompt, 0), prompt.size
+    kv = m.new_cache()
+    got, logits, pos = [], m.forward(prompt, 0, kv), prompt.size
     for _ in range(16):
         got.append(int(logits.argmax()))
-        logits, pos = m.forward([got[-1]], pos), pos + 1
+        logits, pos = m.forward([got[-1]], pos, kv), pos + 1
     assert got == ref
 
 

@@ -54,7 +54,10 @@ class _TableModel:
         self.pos_bias = rng.standard_normal((n_ctx, n_vocab)).astype(np.float32)  # (n_ctx, n_vocab)
         self.calls = []
 
-    def forward(self, tokens, pos, all_logits=False):
+    def new_cache(self, n_ctx=None):
+        return None  # the table needs no cache
+
+    def forward(self, tokens, pos, cache=None, all_logits=False):
         tokens = np.asarray(tokens)
         self.calls.append((tokens.copy(), pos))
         return self.table[tokens] + self.pos_bias[pos:pos + tokens.size]  # (n, n_vocab)
@@ -110,7 +113,7 @@ def test_bad_arguments_raise_clear_errors(rng):
 class _LastTableModel(_TableModel):
     """_TableModel returning only the last token's logits unless all_logits, as runtime.model.Model does."""
 
-    def forward(self, tokens, pos, all_logits=False):
+    def forward(self, tokens, pos, cache=None, all_logits=False):
         out = super().forward(tokens, pos)
         return out if all_logits else out[-1]
 
@@ -210,12 +213,15 @@ def test_tool_kl_divergence_of_int_decode_against_float_reference(model_path, ca
         tokenizer = Tokenizer.from_gguf(g.metadata)
     ids = np.array(tokenizer.encode(TEXT_PATH.read_text(encoding="utf-8"), special=False)[:KL_CTX])
     with kernel_path("float"):
-        ref = load_model(path, n_ctx=KL_CTX).forward(ids, 0, all_logits=True)  # (KL_CTX, n_vocab)
+        ref = load_model(path, n_ctx=KL_CTX)
+        ref = ref.forward(ids, 0, ref.new_cache(), all_logits=True)  # (KL_CTX, n_vocab)
     with kernel_path("int"):
         model = load_model(path, n_ctx=KL_CTX)
     assert {layer.w.wq.path for layer in model.layers} == {"int"}
     first = KL_CTX // 2
-    got = [model.forward(ids[:first + 1], 0)] + [model.forward(ids[p:p + 1], p) for p in range(first + 1, KL_CTX - 1)]
+    kv = model.new_cache()
+    got = [model.forward(ids[:first + 1], 0, kv)]
+    got += [model.forward(ids[p:p + 1], p, kv) for p in range(first + 1, KL_CTX - 1)]
     oracle = _reference_kld(torch.from_numpy(np.stack(got)), torch.from_numpy(ref[first:KL_CTX - 1]),
                             torch.from_numpy(ids[first + 1:]))
     kld, dp = oracle["kld"], oracle["dp"]
@@ -330,14 +336,15 @@ def test_prompt_head_follows_the_batch_path_and_decode_stays_int(model_path):
     assert model.output.raw is model.batch_output.raw or np.shares_memory(model.output.raw, model.batch_output.raw)
     n = quant.matrix.BLAS_MIN_TOKENS + 4
     ids = np.arange(1000, 1000 + n + 1)
-    full = model.forward(ids[:n], 0, all_logits=True)  # (n, n_vocab): sgemm throughout, head included
-    last = model.forward(ids[:n], 0)  # what generation samples its first token from
+    kv = model.new_cache()
+    full = model.forward(ids[:n], 0, kv, all_logits=True)  # (n, n_vocab): sgemm throughout, head included
+    last = model.forward(ids[:n], 0, kv)  # what generation samples its first token from
     np.testing.assert_allclose(last, full[-1], atol=2e-3)  # float32 rounding only (measured 3e-5 on a chat prompt)
 
     log = []
     model.output, model.batch_output = _Spy(model.output, "int", log), _Spy(model.batch_output, "float", log)
-    model.forward(ids[:n], 0)
-    model.forward(ids[n:n + 1], n)  # a decode step
-    model.forward(ids[:5], 0)  # a short prompt: its layers ran the int kernels, so does its head
-    model.forward(ids[:n], 0, all_logits=True)
+    model.forward(ids[:n], 0, kv)
+    model.forward(ids[n:n + 1], n, kv)  # a decode step
+    model.forward(ids[:5], 0, kv)  # a short prompt: its layers ran the int kernels, so does its head
+    model.forward(ids[:n], 0, kv, all_logits=True)
     assert log == ["float.matvec", "int.matvec", "int.matvec", "int.matmul"]

@@ -3,6 +3,7 @@
 # quantizer (from Qwen2.5-Coder-0.5B), llama-bench's pp512 / tg128 at 1 and 2 threads, llamba and llama.cpp
 # interleaved on the same file, and the kernel throughput table. Run on an otherwise idle machine (~25 min).
 set -euo pipefail
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE  # numpy's OpenBLAS as users have it (never in tests or CI)
 out=${1:-bench-results}
 mkdir -p "$out"
 src=$(llamba pull qwen2.5-coder-0.5b-instruct | tail -1)

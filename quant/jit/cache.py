@@ -8,7 +8,8 @@ read-only site-packages) they go to a per-user directory, `$XDG_CACHE_HOME/llamb
 always wins. The choice applies to every llamba kernel (those of `runtime/` too): a read-only install makes
 both packages read-only.
 
-`configure()` then drops cached kernels built from other sources (quant.jit.stamp) and installs a listener on
+`configure()` then drops cached kernels built from other sources or for another instruction-set variant
+(quant.jit.stamp, quant.jit.isa) and installs a listener on
 numba's compile event, which counts llamba's kernel compilations (cache misses) and tells the watchers of
 `watch_compiles` (the model warm-up's progress display). With no watcher, a run that has to compile kernels
 (cold cache, new CPU, edited kernel source) says so once on stderr instead of looking hung.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from numba.core import config, event
 
-from . import stamp
+from . import isa, stamp
 
 PACKAGES = ("quant", "runtime")  # whose kernels the compile message is about
 MESSAGE = "llamba: compiling kernels for this CPU (cached for later runs; up to ~30 s)..."
@@ -125,7 +126,7 @@ def configure(package_dir: Path):
     if cache_dir is not None:
         os.environ["NUMBA_CACHE_DIR"] = str(cache_dir)  # numba re-reads its environment before compiling
         config.CACHE_DIR = str(cache_dir)
-    stamp.refresh(package_dir)  # after the choice of directory: kernels built from other sources go
+    stamp.refresh(package_dir, isa.ISA)  # after the choice of directory: kernels built from other sources go
     event.register("numba:compile", _CompileNotice())
 
 

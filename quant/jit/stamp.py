@@ -4,10 +4,11 @@ Numba keys a cached kernel on its own source file only (modification time and si
 inline code from its other files: the SIMD intrinsics into the integer row loops into the parallel kernels,
 the fp16 loaders into every block decoder, across subpackages too. After an edit or an upgrade that changes
 only such a file, the cache would still serve the old machine code. So quant's cache directory carries a
-stamp, a hash of every `.py` file under quant/ (subpackages included: sorted relative paths and contents),
-and the cached kernels of every directory of quant are deleted when the stamp differs (one recompile, with
-the compile progress). runtime/'s few kernels (layers.py) call nothing of another file, so numba's own check
-covers them.
+stamp, a hash of every `.py` file under quant/ (subpackages included: sorted relative paths and contents) plus
+the instruction-set variant the integer kernels are emitted for (quant.jit.isa: numba's own key is the CPU, but
+the variant can be forced lower), and the cached kernels of every directory of quant are deleted when the stamp
+differs (one recompile, with the compile progress). runtime/'s few kernels (layers.py) call nothing of another
+file, so numba's own check covers them.
 """
 
 import hashlib
@@ -43,10 +44,10 @@ def cache_dir(source_dir: Path) -> Path:
     return Path(config.CACHE_DIR) / f"{os.path.basename(source)}_{hashlib.sha1(source.encode()).hexdigest()}"
 
 
-def refresh(package: Path) -> None:
-    """Delete the package's cached kernels (every directory of it) if they were built from other sources, and
-    stamp the package's cache directory."""
-    stamp = source_hash(package)
+def refresh(package: Path, variant: str = "") -> None:
+    """Delete the package's cached kernels (every directory of it) if they were built from other sources or for
+    another kernel variant, and stamp the package's cache directory."""
+    stamp = source_hash(package) + (f" {variant}" if variant else "")
     marker = cache_dir(package) / STAMP
     try:
         if marker.read_text() == stamp:

@@ -4,7 +4,8 @@ float path (`LLAMBA_KERNELS=float`, exact against float references):
   fused_dot.py   one row dot per type: quants unpacked inside the FMA loop against float32 activations
   float_path.py  matvec (rows in parallel) and matmul (tiles dequantized for a BLAS sgemm)
 int path (the default, llama.cpp's numerics):
-  simd.py        32-quant integer dots as LLVM vector IR (vpmaddubsw / vpmaddwd, vpshufb), whole-row intrinsics
+  simd.py        32-quant integer dots as LLVM vector IR for the CPU's variant (quant.jit.isa: AVX-512 VNNI,
+                 AVX-VNNI, AVX2, portable), whole-row intrinsics
   int_dot.py     the row dot per type against Q8_0 / Q8_K activations (quant.activation)
   int_path.py    matvec over matrices sharing an input (one parallel loop), matmul for small batches
 

@@ -6,9 +6,19 @@ from raw bytes with vector shifts and masks) against 32 int8 activations x[l]:
 
   madd(u, x) -> 8 x i32, lane k = sum(u[l] x[l], 4k <= l < 4k + 4)
 
-With AVX2 that is vpmaddubsw (u8 x s8 -> s16 pairs; never saturates for |u| <= 128, |x| <= 127, or u <= 63)
-and vpmaddwd; signed quants use ggml's trick |u| x sign(u). Without AVX2 (or when Numba targets another
-CPU) the same sums come from plain widening multiplies, which any LLVM target compiles.
+The instructions depend on the variant chosen at start-up from the CPU's features (quant.jit.isa; every
+intrinsic factory also takes the variant, so tests compare them in one process):
+  avx2        vpmaddubsw (u8 x s8 -> s16 pairs; never saturates for |u| <= 128, |x| <= 127, or u <= 63) and
+              vpmaddwd; signed quants use ggml's trick |u| x sign(u);
+  avxvnni     32-block types: vpdpbusd on unsigned quants (signed ones offset by 128, Q4_0/Q5_0 unbiased), the
+              offsets taken back through the activation sums; K-quants: vpmaddubsw then vpdpwssd with the
+              sub-block scales (multiply and accumulate in one);
+  avx512vnni  K-quants on 512-bit registers: 64 quants (two sub-blocks) per instruction, per-lane float
+              accumulators (both VNNI variants); 32-block types as avxvnni (two blocks per zmm measured
+              0.85-1.07x of the 256-bit form: unpacking, not the multiply, bounds them);
+  portable    plain widening multiplies, which any LLVM target compiles (also when Numba targets another CPU).
+All variants give identical integer sums per block (tests/test_matvec.py); the float accumulation of the
+32-block types differs in order only.
 
 Block offsets and the packed-field layouts are quant.blocks'; the unpackers here are their vector forms.
 The intrinsics keep these vectors in registers across a whole block or row and reduce once:
@@ -16,27 +26,21 @@ The intrinsics keep these vectors in registers across a whole block or row and r
                   accumulators (IQ4_NL: nibbles mapped to its int8 levels by a byte shuffle, vpshufb);
   dot_row_q4_k, dot_row_q5_k, dot_row_q6_k   a full row of a K-quant: per 256-block, the sub-block scales
                   (unpacked with vector ops) applied as integers, minimums / offsets through the activation sums;
-  dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K).
+  dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K; AVX2 scheme on every x86 variant).
 """
 
-from llvmlite import binding, ir
-from numba import config, types
+from llvmlite import ir
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import blocks as B
+from ..jit.isa import ISA
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 V32x8, V16x16, V8x32, V8xF = ir.VectorType(I8, 32), ir.VectorType(I16, 16), ir.VectorType(I32, 8), ir.VectorType(F32, 8)
-
-
-def _host_avx2() -> bool:
-    if config.CPU_NAME not in (None, "host"):  # compiling for another CPU: stay portable
-        return False
-    return bool(binding.get_host_cpu_features().get("avx2", False))
-
-
-AVX2 = _host_avx2()
+V64x8, V16x32, V16xF = ir.VectorType(I8, 64), ir.VectorType(I32, 16), ir.VectorType(F32, 16)
+VNNI = ("avxvnni", "avx512vnni")
 
 
 # ---- IR helpers ----
@@ -87,9 +91,9 @@ def _half(builder, arrays, i, offset):
     return builder.fpext(builder.bitcast(arrays.load(i, offset, I16), ir.HalfType()), F32)
 
 
-def _madd(builder, u, x, signed):
+def _madd(builder, u, x, signed, isa):
     """8 x i32: lane k = sum(u[l] x[l], 4k <= l < 4k + 4); u unsigned unless `signed`."""
-    if AVX2:
+    if isa != "portable":
         if signed:  # |u| times x with u's sign
             psign = _fn(builder, "llvm.x86.avx2.psign.b", V32x8, [V32x8, V32x8])
             u, x = builder.call(psign, [u, u]), builder.call(psign, [x, u])
@@ -102,11 +106,11 @@ def _madd(builder, u, x, signed):
     return builder.add(builder.add(quads[0], quads[1]), builder.add(quads[2], quads[3]))
 
 
-def _madd_scaled(builder, u, x, s0, s1):
+def _madd_scaled(builder, u, x, s0, s1, isa):
     """8 x i32 of _madd(u, x) (u unsigned) times s0 in lanes 0-3 (elements 0..15) and s1 in lanes 4-7: with AVX2
     the scales ride in vpmaddwd's second operand (16-bit), as in ggml, instead of a 32-bit multiply after it."""
-    if not AVX2:
-        return builder.mul(_madd(builder, u, x, False), _halves(builder, s0, s1))
+    if isa == "portable":
+        return builder.mul(_madd(builder, u, x, False, isa), _halves(builder, s0, s1))
     p16 = builder.call(_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", V16x16, [V32x8, V32x8]), [u, x])
     s0, s1 = _splat(builder, s0, 16, I16), _splat(builder, s1, 16, I16)
     scale = _shuffle(builder, s0, s1, list(range(8)) + list(range(24, 32)))  # (16,) i16: 8 x s0, 8 x s1
@@ -123,7 +127,8 @@ def _halves(builder, s0, s1):
 
 
 def _field(builder, v, shift, mask):
-    return builder.and_(builder.lshr(v, _splat(builder, shift, 32)), _splat(builder, mask, 32))
+    n = v.type.count
+    return builder.and_(builder.lshr(v, _splat(builder, shift, n)), _splat(builder, mask, n))
 
 
 _BIT_OF_LANE = [1 << (lane % 8) for lane in range(32)]
@@ -143,10 +148,10 @@ def _nibbles_32(builder, arrays, i, qs, qh, hbit):
     return builder.or_(u, builder.select(is_set, _splat(builder, hbit, 32), ir.Constant(V32x8, [0] * 32)))
 
 
-def _lookup_16(builder, u, table):
-    """32 x i8: table[u[l]] for indices u[l] in 0..15 (vpshufb with the table in both 128-bit halves under AVX2;
+def _lookup_16(builder, u, table, isa):
+    """32 x i8: table[u[l]] for indices u[l] in 0..15 (vpshufb with the table in both 128-bit halves on x86;
     otherwise a chain of selects, which any LLVM target compiles)."""
-    if AVX2:
+    if isa != "portable":
         tab = ir.Constant(V32x8, [int(v) for v in table] * 2)
         return builder.call(_fn(builder, "llvm.x86.avx2.pshuf.b", V32x8, [V32x8, V32x8]), [tab, u])
     out = ir.Constant(V32x8, [0] * 32)
@@ -155,13 +160,48 @@ def _lookup_16(builder, u, table):
     return out
 
 
+def _vnni(builder, name, acc, a, b):
+    """acc (n x i32) + llvm.x86.avx512.<name> (vpdpbusd: u8 x s8 quads; vpdpwssd: i16 pairs) of a, b; n = 8 is the
+    256-bit form (AVX-VNNI's VEX encoding, or AVX-512 VNNI with VL), n = 16 the 512-bit one."""
+    vt = acc.type
+    fn = _fn(builder, f"llvm.x86.avx512.{name}.{32 * vt.count}", vt, [vt, vt, vt])
+    return builder.call(fn, [acc, builder.bitcast(a, vt), builder.bitcast(b, vt)])
+
+
+def _maddubs(builder, u, x):
+    """vpmaddubsw of 32 or 64 bytes: u8 x s8 products summed in pairs, 16 or 32 x i16."""
+    n = u.type.count
+    name = "llvm.x86.avx2.pmadd.ub.sw" if n == 32 else "llvm.x86.avx512.pmaddubs.w.512"
+    return builder.call(_fn(builder, name, ir.VectorType(I16, n // 2), [u.type, u.type]), [u, x])
+
+
+def _zeros(vt):
+    return ir.Constant(vt, [0] * vt.count)
+
+
 # ---- intrinsics ----
 
-def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None):
+def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=ISA):
     """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size`
     bytes, fp16 d at 0, fp16 m at offset m (or None), fifth bits at qh (or None), quants at qs (int8 bytes, or
     nibbles); value d (q - bias) [+ m], or d table[q] with a table of 16 int8 levels.
-    qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (for the minimums)."""
+    qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (the minimums, and
+    on the VNNI variants the quants' offsets: sum((u - c) x) = sum(u x) - c sum(x) with u unsigned)."""
+    signed = int8 or bias > 0 or table is not None
+    offset = 128 if int8 or table is not None else bias  # VNNI: u = q + offset is vpdpbusd's unsigned operand
+    utable = None if table is None else [(int(v) + 128) & 255 for v in table]
+
+    def quants(builder, arr, at):
+        """32 x i8 of the block at `at`: signed values (AVX2, portable) or u8 values plus `offset` (VNNI)."""
+        if int8:
+            u = arr.load(0, at(qs), V32x8)
+            return builder.xor(u, _splat(builder, 128, 32)) if isa in VNNI else u
+        u = _nibbles_32(builder, arr, 0, at(qs), None if qh is None else at(qh), 16)
+        if table is not None:
+            return _lookup_16(builder, u, utable if isa in VNNI else table, isa)
+        if bias and isa not in VNNI:
+            u = builder.sub(u, _splat(builder, bias, 32))
+        return u
 
     @intrinsic
     def dot(typingctx, row, base, qx, dx, xs):
@@ -172,28 +212,34 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None):
             base = arr.int(1)
             acc = cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8))
             acc_min = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+            fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
             n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 32))
+
+            def block_at(ib):
+                o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
+                return o, (lambda k: builder.add(o, ir.Constant(I64, k)))
+
+            def side(ib, o, at, d):
+                """acc_min += (the block's minimum, and -offset d on VNNI) times xs[ib]."""
+                f = builder.fmul(ir.Constant(F32, -float(offset)), d) if isa in VNNI and offset else None
+                if m is not None:
+                    mv = _half(builder, arr, 0, at(m))
+                    f = mv if f is None else builder.fadd(f, mv)
+                if f is not None:
+                    builder.store(builder.fadd(builder.load(acc_min), builder.fmul(f, arr.load(4, ib, F32))), acc_min)
+
             with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
                 ib = loop.index
-                o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
-                at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-                if int8:
-                    u = arr.load(0, at(qs), V32x8)
-                else:
-                    u = _nibbles_32(builder, arr, 0, at(qs), None if qh is None else at(qh), 16)
-                    if bias:
-                        u = builder.sub(u, _splat(builder, bias, 32))
-                    if table is not None:
-                        u = _lookup_16(builder, u, table)
+                o, at = block_at(ib)
+                u = quants(builder, arr, at)
                 x = arr.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
-                p = builder.sitofp(_madd(builder, u, x, signed=int8 or bias > 0 or table is not None), V8xF)
-                dxb = arr.load(3, ib, F32)
-                scale = builder.fmul(_half(builder, arr, 0, o), dxb)
-                fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
-                builder.store(builder.call(fma, [p, _splat(builder, scale, 8, F32), builder.load(acc)]), acc)
-                if m is not None:
-                    term = builder.fmul(_half(builder, arr, 0, at(m)), arr.load(4, ib, F32))
-                    builder.store(builder.fadd(builder.load(acc_min), term), acc_min)
+                isum = _vnni(builder, "vpdpbusd", _zeros(V8x32), u, x) if isa in VNNI else \
+                    _madd(builder, u, x, signed, isa)
+                d = _half(builder, arr, 0, o)
+                scale = builder.fmul(d, arr.load(3, ib, F32))
+                builder.store(builder.call(fma, [builder.sitofp(isum, V8xF), _splat(builder, scale, 8, F32),
+                                                 builder.load(acc)]), acc)
+                side(ib, o, at, d)
             total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
                                  [ir.Constant(F32, 0.0), builder.load(acc)])
             return builder.fadd(total, builder.load(acc_min))
@@ -203,12 +249,16 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None):
     return dot
 
 
-dot_row_q8_0 = _row_dot_32(B.Q8_0_SIZE, B.Q8_0_QS, int8=True)
-dot_row_q4_0 = _row_dot_32(B.Q4_0_SIZE, B.Q4_0_QS, bias=8)
-dot_row_q4_1 = _row_dot_32(B.Q4_1_SIZE, B.Q4_1_QS, m=B.Q4_1_M)
-dot_row_q5_0 = _row_dot_32(B.Q5_0_SIZE, B.Q5_0_QS, qh=B.Q5_0_QH, bias=16)
-dot_row_q5_1 = _row_dot_32(B.Q5_1_SIZE, B.Q5_1_QS, qh=B.Q5_1_QH, m=B.Q5_1_M)
-dot_row_iq4_nl = _row_dot_32(B.IQ4_NL_SIZE, B.IQ4_NL_QS, table=B.KVALUES_IQ4NL)
+_ROW_32 = {"q8_0": dict(size=B.Q8_0_SIZE, qs=B.Q8_0_QS, int8=True),
+           "q4_0": dict(size=B.Q4_0_SIZE, qs=B.Q4_0_QS, bias=8),
+           "q4_1": dict(size=B.Q4_1_SIZE, qs=B.Q4_1_QS, m=B.Q4_1_M),
+           "q5_0": dict(size=B.Q5_0_SIZE, qs=B.Q5_0_QS, qh=B.Q5_0_QH, bias=16),
+           "q5_1": dict(size=B.Q5_1_SIZE, qs=B.Q5_1_QS, qh=B.Q5_1_QH, m=B.Q5_1_M),
+           "iq4_nl": dict(size=B.IQ4_NL_SIZE, qs=B.IQ4_NL_QS, table=B.KVALUES_IQ4NL)}
+
+
+dot_row_q8_0, dot_row_q4_0, dot_row_q4_1, dot_row_q5_0, dot_row_q5_1, dot_row_iq4_nl = (
+    _row_dot_32(**_ROW_32[k]) for k in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"))
 
 
 def _k4_scales(builder, arr, at):
@@ -230,45 +280,86 @@ def _k4_scales(builder, arr, at):
             builder.zext(_shuffle(builder, b, b, range(8, 16)), V8x32))
 
 
-def _k_block(builder, arr, kind, o, xo, bsv):
-    """(integer sum over the block of sc_s * sum(q x), integer correction) of one 256-block at o of a K-quant:
-    value = d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K)."""
-    acc = ir.Constant(V8x32, [0] * 8)
+def _scaled(builder, acc, u, x, scales, isa):
+    """acc (8 or 16 x i32) + the scaled pair sums of u (u8) x (s8), 32 or 64 quants: pair sum j (elements 2j, 2j+1,
+    of vpmaddubsw) times scales[j] (i16 vector, one per pair). VNNI: vpdpwssd; AVX2: vpmaddwd then add."""
+    p16 = _maddubs(builder, u, x)
+    if isa in VNNI:
+        return _vnni(builder, "vpdpwssd", acc, p16, scales)
+    return builder.add(acc, builder.call(_fn(builder, "llvm.x86.avx2.pmadd.wd", V8x32, [V16x16, V16x16]),
+                                         [p16, scales]))
+
+
+def _repeat(builder, v, counts):
+    """The lanes of the integer vector v (converted to i16) each repeated counts times: scales per pair sum."""
+    v16 = builder.trunc(v, ir.VectorType(I16, v.type.count)) if v.type.element.width > 16 else \
+        builder.sext(v, ir.VectorType(I16, v.type.count))
+    return _shuffle(builder, v16, v16, [j for j in range(v.type.count) for _ in range(counts)])
+
+
+def _k_block(builder, arr, kind, o, xo, bsv, isa):
+    """(integer sums of sc_s * sum(q x), integer corrections) of one 256-block at o of a K-quant as i32 vectors,
+    isum and msum their lane sums: value = d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K)."""
+    wide = isa == "avx512vnni"  # 64 quants per step: two 32-element units that are contiguous in x
+    acc = _zeros(V16x32 if wide else V8x32)
     at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-    xat = lambda k: arr.load(2, builder.add(xo, ir.Constant(I64, k)), V32x8)  # noqa: E731
+    xat = lambda k, t=V32x8: arr.load(2, builder.add(xo, ir.Constant(I64, k)), t)  # noqa: E731
     if kind == "q6_k":  # element 128h + 32k + l: nibble k // 2 of ql[64h + 32 (k % 2) + l], bits 2k of qh[32h + l]
         for h in range(2):
             qh = arr.load(0, at(B.Q6_K_QH + 32 * h), V32x8)
+            sc = arr.load(0, at(B.Q6_K_SCALES + 8 * h), ir.VectorType(I8, 8))  # one per 16 elements
+            if wide:  # k = 2p, 2p + 1 at once: ql[64h:64h + 64] nibble p, qh bits 4p.. | 4p + 2..
+                ql = arr.load(0, at(B.Q6_K_QL + 64 * h), V64x8)
+                qh2 = _shuffle(builder, qh, builder.lshr(qh, _splat(builder, 2, 32)), range(64))
+                for p in range(2):
+                    u = builder.or_(_field(builder, ql, 4 * p, 15),
+                                    builder.shl(_field(builder, qh2, 4 * p, 3), _splat(builder, 4, 64)))
+                    scales = _repeat(builder, _shuffle(builder, sc, sc, range(4 * p, 4 * p + 4)), 8)
+                    acc = _scaled(builder, acc, u, xat(128 * h + 64 * p, V64x8), scales, isa)
+                continue
             ql = [arr.load(0, at(B.Q6_K_QL + 64 * h + 32 * p), V32x8) for p in range(2)]
             for k in range(4):
                 u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
                                 builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
+                if isa in VNNI:
+                    scales = _repeat(builder, _shuffle(builder, sc, sc, [2 * k, 2 * k + 1]), 8)
+                    acc = _scaled(builder, acc, u, xat(128 * h + 32 * k), scales, isa)
+                    continue
                 s = B.Q6_K_SCALES + 8 * h + 2 * k
                 s0, s1 = (builder.sext(arr.load(0, at(s + j), I8), I32) for j in range(2))
-                acc = builder.add(acc, _madd_scaled(builder, u, xat(128 * h + 32 * k), s0, s1))
+                acc = builder.add(acc, _madd_scaled(builder, u, xat(128 * h + 32 * k), s0, s1, isa))
         scales = builder.sext(arr.load(0, at(B.Q6_K_SCALES), ir.VectorType(I8, 16)), bsv.type)
-        msum = builder.call(_fn(builder, "llvm.vector.reduce.add.v16i32", I32, [bsv.type]), [builder.mul(scales, bsv)])
-        return _reduce_i32(builder, acc), msum
+        return acc, builder.mul(scales, bsv)
     # chunk c: sub-block 2c low nibbles, 2c + 1 high (Q4_K and Q5_K share d, dmin and the scales' offsets)
     qs, fifth = (B.Q4_K_QS, False) if kind == "q4_k" else (B.Q5_K_QS, True)
     sc, mn = _k4_scales(builder, arr, at(B.Q4_K_SCALES))
     high = arr.load(0, at(B.Q5_K_QH), V32x8) if fifth else None
     for c in range(4):
         v = arr.load(0, at(qs + 32 * c), V32x8)
+        us = []
         for half in range(2):
             u = _field(builder, v, 4 * half, 15)
             if fifth:
                 u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
+            us.append(u)
+        if wide:  # sub-blocks 2c and 2c + 1 are elements 64c .. 64c + 63: one step
+            scales = _repeat(builder, _shuffle(builder, sc, sc, [2 * c, 2 * c + 1]), 16)
+            acc = _scaled(builder, acc, _shuffle(builder, us[0], us[1], range(64)), xat(64 * c, V64x8), scales, isa)
+            continue
+        for half in range(2):
             scale = builder.extract_element(sc, ir.Constant(I32, 2 * c + half))
-            acc = builder.add(acc, _madd_scaled(builder, u, xat(64 * c + 32 * half), scale, scale))
+            if isa in VNNI:
+                acc = _scaled(builder, acc, us[half], xat(64 * c + 32 * half), _splat(builder, scale, 16, I16), isa)
+            else:
+                acc = builder.add(acc, _madd_scaled(builder, us[half], xat(64 * c + 32 * half), scale, scale, isa))
     pairs = builder.add(_shuffle(builder, bsv, bsv, range(0, 16, 2)), _shuffle(builder, bsv, bsv, range(1, 16, 2)))
-    return _reduce_i32(builder, acc), _reduce_i32(builder, builder.mul(mn, pairs))
+    return acc, builder.mul(mn, pairs)
 
 
 _K_SIZE = {"q4_k": B.Q4_K_SIZE, "q5_k": B.Q5_K_SIZE, "q6_k": B.Q6_K_SIZE}
 
 
-def _row_dot_k(kind):
+def _row_dot_k(kind, isa=ISA):
     """Intrinsic (w, base, qx, dx, bs) -> float32 for a K-quant row at w[base:] against Q8_K activations:
     qx int8 (n,), dx float32 (n // 256,), bs int32 (n // 16,) sums of qx per 16."""
 
@@ -281,32 +372,67 @@ def _row_dot_k(kind):
             base = arr.int(1)
             acc = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
             n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 256))
+            reduce = lambda v: builder.call(_fn(builder, f"llvm.vector.reduce.add.v{v.type.count}i32", I32,  # noqa
+                                                [v.type]), [v])
+            fvec = lambda n: ir.VectorType(F32, n)  # noqa: E731
+            # VNNI variants: per-lane float accumulators (one conversion and FMA per block, lanes summed once per
+            # row, as ggml does) instead of two horizontal integer sums per block
+            n_acc = 16 if isa == "avx512vnni" else 8
+            acc_i = cgutils.alloca_once_value(builder, ir.Constant(fvec(n_acc), [0.0] * n_acc))
+            n_min = 16 if kind == "q6_k" else 8
+            acc_m = cgutils.alloca_once_value(builder, ir.Constant(fvec(n_min), [0.0] * n_min))
+
+            def fma(a, v, f):  # a (alloca of a float vector) += v (int vector) * f (float scalar)
+                n = v.type.count
+                fn = _fn(builder, f"llvm.fmuladd.v{n}f32", fvec(n), [fvec(n)] * 3)
+                builder.store(builder.call(fn, [builder.sitofp(v, fvec(n)), _splat(builder, f, n, F32),
+                                                builder.load(a)]), a)
+
             with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
                 ib = loop.index
                 o = builder.add(base, builder.mul(ib, ir.Constant(I64, _K_SIZE[kind])))
                 bsv = arr.load(4, builder.mul(ib, ir.Constant(I64, 16)), ir.VectorType(I32, 16))
-                isum, msum = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsv)
+                iv, mv = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsv, isa)
                 dxb = arr.load(3, ib, F32)
                 if kind == "q6_k":
                     d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q6_K_D)))
-                    term = builder.fmul(builder.fmul(d, dxb),
-                                        builder.sitofp(builder.sub(isum, builder.mul(msum, ir.Constant(I32, 32))), F32))
+                    if isa in VNNI:
+                        fma(acc_i, iv, builder.fmul(d, dxb))
+                        fma(acc_m, mv, builder.fmul(ir.Constant(F32, 32.0), builder.fmul(d, dxb)))
+                    else:
+                        isum, msum = reduce(iv), reduce(mv)
+                        term = builder.fmul(builder.fmul(d, dxb), builder.sitofp(
+                            builder.sub(isum, builder.mul(msum, ir.Constant(I32, 32))), F32))
+                        builder.store(builder.fadd(builder.load(acc), term), acc)
                 else:
                     d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_D)))
                     dmin = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_DMIN)))
-                    term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
-                                                          builder.fmul(dmin, builder.sitofp(msum, F32))))
-                builder.store(builder.fadd(builder.load(acc), term), acc)
-            return builder.load(acc)
+                    if isa in VNNI:
+                        fma(acc_i, iv, builder.fmul(d, dxb))
+                        fma(acc_m, mv, builder.fmul(dmin, dxb))
+                    else:
+                        isum, msum = reduce(iv), reduce(mv)
+                        term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
+                                                              builder.fmul(dmin, builder.sitofp(msum, F32))))
+                        builder.store(builder.fadd(builder.load(acc), term), acc)
+            if isa not in VNNI:
+                return builder.load(acc)
+            fsum = lambda a, n: builder.call(_fn(builder, f"llvm.vector.reduce.fadd.v{n}f32", F32,  # noqa: E731
+                                                 [F32, fvec(n)]), [ir.Constant(F32, 0.0), builder.load(a)])
+            return builder.fsub(fsum(acc_i, n_acc), fsum(acc_m, n_min))
 
         return sig, codegen
 
     return dot
 
 
-dot_row_q4_k = _row_dot_k("q4_k")
-dot_row_q5_k = _row_dot_k("q5_k")
-dot_row_q6_k = _row_dot_k("q6_k")
+dot_row_q4_k, dot_row_q5_k, dot_row_q6_k = (_row_dot_k(k) for k in ("q4_k", "q5_k", "q6_k"))
+
+
+def row_dot_intrinsic(kind: str, isa: str):
+    """The row-dot intrinsic of `kind` ("q8_0" ... "iq4_nl", "q4_k", "q5_k", "q6_k") emitted for variant `isa`
+    (tests compare the variants the host runs)."""
+    return _row_dot_k(kind, isa) if kind in _K_SIZE else _row_dot_32(**_ROW_32[kind], isa=isa)
 
 
 @intrinsic
@@ -320,7 +446,7 @@ def dot_bytes(typingctx, w, a, s1, m1, b, s2, m2, s3, x, xo, sc0, sc1):
         a, s1, m1, b, s2, m2, s3, xo, sc0, sc1 = (arr.int(i) for i in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11))
         u = builder.or_(_field(builder, arr.load(0, a, V32x8), s1, m1),
                         builder.shl(_field(builder, arr.load(0, b, V32x8), s2, m2), _splat(builder, s3, 32)))
-        return _reduce_i32(builder, _madd_scaled(builder, u, arr.load(8, xo, V32x8), sc0, sc1))
+        return _reduce_i32(builder, _madd_scaled(builder, u, arr.load(8, xo, V32x8), sc0, sc1, ISA))
 
     return sig, codegen
 

@@ -14,12 +14,15 @@ Heavy modules (Numba kernels, the model) are imported when a bench runs, so buil
 """
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -110,6 +113,7 @@ class LlambaEngine:
         self.set_threads(threads)
         t0 = time.perf_counter()
         self.model = load_model(path, n_ctx, n_gpu_layers, main_gpu)
+        self.cache = self.model.new_cache()
         self.load_seconds = time.perf_counter() - t0
         # every kernel compiled (progress on stderr) or loaded now: no compilation in the timed runs or the TTFT
         self.model.warmup(progress=CompileProgress())
@@ -120,7 +124,7 @@ class LlambaEngine:
         from quant.kernels.cuda import target
 
         start = target.launches()
-        self.model.forward(np.zeros(1, np.int32), 0)
+        self.model.forward(np.zeros(1, np.int32), 0, self.cache)
         return target.launches() - start
 
     def set_threads(self, n: int):
@@ -131,10 +135,13 @@ class LlambaEngine:
     def prepare(self, tokens, depth: int):
         self.tokens = tokens
         if depth:
-            self.model.forward(tokens[:depth], 0)
+            self.model.forward(tokens[:depth], 0, self.cache)
 
     def run(self, depth: int, n_prompt: int, n_gen: int) -> float:
-        return time_test(self.model.forward, self.tokens, depth, n_prompt, n_gen)
+        return time_test(self._decode, self.tokens, depth, n_prompt, n_gen)
+
+    def _decode(self, ids, pos: int):
+        return self.model.forward(ids, pos, self.cache)
 
     def peak_rss(self) -> int:
         return peak_rss_bytes()
@@ -183,6 +190,7 @@ class Report:
     bandwidth: dict  # threads -> GB/s (empty without --bandwidth)
     repetitions: int
     llc_bytes: int | None = None  # the CPU's largest cache, with --bandwidth
+    kernels: dict = field(default_factory=dict)  # kernel_info(): what ran llamba's integer dots and numpy's sgemm
 
     def result(self, engine: str, threads: int, test: Test) -> Result:
         return next(r for r in self.results if (r.engine, r.threads, r.test) == (engine, threads, test))
@@ -191,6 +199,19 @@ class Report:
         """tokens/s that the streaming read bandwidth allows for generation."""
         bw = self.bandwidth.get(threads)
         return bw * 1e9 / self.model.bytes_per_token if bw else None
+
+
+def kernel_info() -> dict:
+    """The integer kernels' instruction-set variant (quant.jit.isa) and the ones this CPU runs, and which BLAS
+    numpy's sgemm (prompt batches) runs: library, version and the kernel it picked for the CPU (threadpoolctl; an
+    OPENBLAS_CORETYPE in the environment pins an older one)."""
+    from threadpoolctl import threadpool_info
+
+    from quant.jit import isa
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''} kernel, "
+            f"{i.get('num_threads')} threads".replace("  ", " ") for i in threadpool_info() if i["user_api"] == "blas"]
+    return {"isa": isa.ISA, "isa_supported": isa.supported(), "blas": "; ".join(blas) or "none found"}
 
 
 def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, compare: str | None = None,
@@ -227,7 +248,7 @@ def run_bench(path, tests: list[Test], threads: list[int], repetitions: int, com
             engines[0].set_threads(th)
             bw[th] = read_bandwidth(int(bandwidth_gb * 1e9))
         llc = last_level_cache_bytes()
-    return Report(model, tests, threads, stats, results, bw, repetitions, llc)
+    return Report(model, tests, threads, stats, results, bw, repetitions, llc, kernel_info())
 
 
 def _run_tests(engines, stats, model, tests, threads, repetitions, seed, progress) -> list[Result]:
@@ -307,6 +328,10 @@ def _notes(rep: Report, named: bool) -> list[str]:
     if rep.bandwidth and rep.llc_bytes and m.bytes_per_token <= rep.llc_bytes:
         lines.append(f"the weights read per token fit in the {_size(rep.llc_bytes)} last-level cache: tg can beat "
                      "the memory bound")
+    if rep.kernels:
+        k = rep.kernels
+        lines.append(f"kernels: llamba integer dots {k['isa']} (this CPU runs {', '.join(k['isa_supported'])}); "
+                     f"numpy BLAS {k['blas']}")
     lines.append(f"{rep.repetitions} repetitions after one warm-up; machine: {platform.machine()}, "
                  f"{platform.processor() or platform.system()}")
     return lines
@@ -330,7 +355,8 @@ def as_json(rep: Report) -> dict:
                 "peak_rss_bytes": e.peak_rss, "offload": e.offload} for e in rep.engines]
     return {"results": results, "engines": engines, "ratios": ratios,
             "bandwidth_gbps": {str(k): v for k, v in rep.bandwidth.items()},
-            "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions}
+            "bytes_per_token": m.bytes_per_token, "llc_bytes": rep.llc_bytes, "repetitions": rep.repetitions,
+            "kernels": rep.kernels}
 
 
 def add_arguments(p: argparse.ArgumentParser):
@@ -348,6 +374,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    "count, after the tests) and show tg as a fraction of its bound")
     p.add_argument("--bw-gb", type=float, default=1.0, help="array size of the bandwidth probe, GB")
     p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    p.add_argument("--synthetic", default=None, metavar="SHAPE", help="bench a file of this shape (llama-7b) with "
+                   "random weights and -m's vocabulary, written to a temporary directory and deleted after "
+                   "(runtime/eval/synthetic.py; ~3.9 GB for llama-7b): a speed workload, not a model")
     gpu.add_arguments(p)
 
 
@@ -359,13 +388,30 @@ def main(args) -> int:
     threads = int_list(args.threads, "-t", 1) if args.threads else [numba.config.NUMBA_NUM_THREADS]
     tests = plan(int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n"),
                  int_list(args.ctx_depth, "--ctx-depth") if args.ctx_depth else [])
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     # stdout: the table (or JSON) only; progress, compile progress and llama.cpp's messages go to stderr
-    reps = [run_bench(resolve_model(m), tests, threads, args.repetitions, args.compare,
-                      args.bw_gb if args.bandwidth else 0.0, progress=lambda s: print(s, file=sys.stderr, flush=True),
-                      n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
-            for m in (args.model.split(",") if args.model else [None])]
+    models = args.model.split(",") if args.model else [None]
+    if args.synthetic and len(models) > 1:
+        raise LlambaError("--synthetic takes one model (-m), whose vocabulary it borrows")
+    reps = []
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            path = resolve_model(m)
+            if args.synthetic:
+                from .synthetic import RANDOM_NOTE, SHAPES, write_synthetic
+
+                if args.synthetic not in SHAPES:
+                    raise LlambaError(f"--synthetic: unknown shape {args.synthetic!r} (known: {', '.join(SHAPES)})")
+                say(f"writing a {args.synthetic}-shaped file with {path.name}'s vocabulary: {RANDOM_NOTE}")
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamba-synthetic-")))
+                path = write_synthetic(tmp / f"{args.synthetic}.gguf", args.synthetic, path, log=say).path
+            reps.append(run_bench(path, tests, threads, args.repetitions, args.compare,
+                                  args.bw_gb if args.bandwidth else 0.0, progress=say,
+                                  n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu))
     if args.json:
         print(json.dumps(as_json(reps[0]) if len(reps) == 1 else [as_json(r) for r in reps], indent=1))
     else:
         print(markdown(*reps))
+    if args.synthetic:
+        print(f"({args.synthetic}: {RANDOM_NOTE})")
     return 0

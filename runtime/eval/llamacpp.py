@@ -20,13 +20,16 @@ from .timing import peak_rss_bytes, time_test
 INSTALL_HINT = 'pip install -e ".[interop]"'
 
 
-def open_llama(**kwargs):
-    """llama_cpp.Llama(**kwargs) with llama.cpp's extra (AMX / repacked) weight buffers turned off: a CPU may
-    advertise AMX that its VM does not enable (SIGILL on the first decode), and llamba is compared with
-    llama.cpp's reference CPU kernels. llama-cpp-python has no argument for it, so the default model
-    parameters are swapped for the duration of the call."""
+def open_llama(extra_buffers: bool = False, **kwargs):
+    """llama_cpp.Llama(**kwargs). With `extra_buffers` False (the default, for the tests' oracle uses) llama.cpp's
+    extra weight buffers (AMX / repacked AVX-512 layouts) are turned off, so that its reference CPU kernels run;
+    llama-cpp-python has no argument for it, so the default model parameters are swapped for the duration of the
+    call. With `extra_buffers` True llama.cpp runs as users get it (its defaults: repacked weights on): the
+    benchmark peer. A CPU that advertises AMX its VM does not enable needs a build with AMX off (.ci/run)."""
     import llama_cpp
 
+    if extra_buffers:
+        return llama_cpp.Llama(**kwargs)
     lib = llama_cpp.llama_cpp
     default_params = lib.llama_model_default_params
 
@@ -109,8 +112,9 @@ class _Child:
         import llama_cpp
 
         t0 = time.perf_counter()
-        self.llm = open_llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   n_batch=512, verbose=False, logits_all=False)
+        # the peer as users get it: llama-cpp-python's defaults (repacked weights on)
+        self.llm = open_llama(extra_buffers=True, model_path=path, n_ctx=n_ctx, n_threads=threads,
+                              n_threads_batch=threads, n_batch=512, verbose=False, logits_all=False)
         return {"load_s": time.perf_counter() - t0, "version": llama_cpp.__version__}
 
     def threads(self, n):

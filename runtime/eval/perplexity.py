@@ -112,8 +112,9 @@ def perplexity(model, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks: int | None =
     scored = scored_positions(n_ctx)
     originals = np.asarray(tokens, dtype=np.int64)
     nll, running, nll_sum = [], [], 0.0
+    cache = model.new_cache(n_ctx)
     for i, chunk in enumerate(chunks):
-        logits = model.forward(chunk, 0, all_logits=True)  # (n_ctx, n_vocab)
+        logits = model.forward(chunk, 0, cache, all_logits=True)  # (n_ctx, n_vocab)
         targets = originals[i * n_ctx + scored.start + 1:(i + 1) * n_ctx]  # (n_ctx - 1 - first,)
         nll.append(token_nll(logits[scored], targets))
         nll_sum += float(nll[-1].sum())
@@ -264,15 +265,15 @@ class KLDResult:
         return "\n".join(lines)
 
 
-def _measured_logits(model, chunk: np.ndarray, first: int, mode: str) -> np.ndarray:
-    """Logits (n_ctx - 1 - first, n_vocab) at the scored positions first..n_ctx-2 of `chunk`, run by `model`
-    as generation runs a prompt and its continuation (decode) or as one batch (batch)."""
+def _measured_logits(model, cache, chunk: np.ndarray, first: int, mode: str) -> np.ndarray:
+    """Logits (n_ctx - 1 - first, n_vocab) at the scored positions first..n_ctx-2 of `chunk`, run by `model` over
+    `cache` as generation runs a prompt and its continuation (decode) or as one batch (batch)."""
     if mode == "batch":
-        return model.forward(chunk, 0, all_logits=True)[first:-1]
+        return model.forward(chunk, 0, cache, all_logits=True)[first:-1]
     out = np.empty((chunk.size - 1 - first, model.n_vocab), np.float32)
-    out[0] = model.forward(chunk[:first + 1], 0)  # the prompt batch; its last position is the first scored one
+    out[0] = model.forward(chunk[:first + 1], 0, cache)  # the prompt batch; its last position is the first scored one
     for j, pos in enumerate(range(first + 1, chunk.size - 1), start=1):
-        out[j] = model.forward(chunk[pos:pos + 1], pos)  # one token over the KV cache: the decode kernels
+        out[j] = model.forward(chunk[pos:pos + 1], pos, cache)  # one token over the KV cache: the decode kernels
     return out
 
 
@@ -291,10 +292,10 @@ def kl_divergence(model, reference, tokens, n_ctx: int = DEFAULT_N_CTX, n_chunks
     chunks = chunk_tokens(tokens, n_ctx, n_chunks, bos_id)  # (n_chunks, n_ctx)
     scored = scored_positions(n_ctx)
     originals = np.asarray(tokens, dtype=np.int64)
-    parts = []
+    parts, caches = [], [m.new_cache(n_ctx) for m in (model, reference)]
     for i, chunk in enumerate(chunks):
-        ref = reference.forward(chunk, 0, all_logits=True)[scored]  # (n_scored/chunk, n_vocab)
-        got = _measured_logits(model, chunk, scored.start, mode)
+        ref = reference.forward(chunk, 0, caches[1], all_logits=True)[scored]  # (n_scored/chunk, n_vocab)
+        got = _measured_logits(model, caches[0], chunk, scored.start, mode)
         targets = originals[i * n_ctx + scored.start + 1:(i + 1) * n_ctx]
         parts.append(token_kld(got, ref, targets))
         so_far = KLDResult(n_ctx, i + 1, measured, *(np.concatenate(a) for a in zip(*parts, strict=True)))

@@ -9,6 +9,7 @@ This module stays light (no numba.cuda): the CLI builds its options from it.
 """
 
 import argparse
+import warnings
 
 from ..errors import GPUError
 
@@ -17,17 +18,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """-ngl / --main-gpu, for every command that loads a model."""
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
                    help="run the last N layers on the GPU, all of them and the output head when N exceeds the layer "
-                        "count (99 or -1: everything); needs pip install -e \".[cuda]\" (default: 0, CPU only)")
+                        "count (99: everything; -1: everything if there is a GPU, else the CPU); needs pip install "
+                        "-e \".[cuda]\" (default: 0, CPU only)")
     p.add_argument("--main-gpu", type=int, default=0, metavar="I", help="the GPU to use (default: %(default)s)")
 
 
+class NoGPUWarning(UserWarning):
+    """n_gpu_layers=-1 on a machine that cannot offload: the model runs on the CPU."""
+
+
 def offload_layers(model, n_gpu_layers: int, main_gpu: int = 0):
-    """A GPUOffload of model's last layers on GPU main_gpu; GPUError (one line) naming what is missing."""
+    """A GPUOffload of model's last layers on GPU main_gpu. What is missing (numba-cuda, a driver, a GPU) is one
+    GPUError line for N > 0; for -1, which llama-cpp-python programs pass by habit ("everything, if there is a GPU"),
+    a NoGPUWarning and None (the CPU runs everything), as a CPU build of llama.cpp would."""
     from quant.kernels.cuda import target
 
     try:
         device = target.open_device(main_gpu)
+        if n_gpu_layers < 0 and target.simulating():
+            raise target.CudaUnavailable("numba-cuda's simulator is no GPU")  # but tests offload to it with N > 0
     except target.CudaUnavailable as e:
+        if n_gpu_layers < 0:
+            warnings.warn(f"n_gpu_layers=-1: {e}; running on the CPU", NoGPUWarning, stacklevel=4)
+            return None
         raise GPUError(f"-ngl {n_gpu_layers}: {e}") from None
     from .offload import GPUOffload
 

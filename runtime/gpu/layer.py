@@ -1,5 +1,5 @@
 """One decoder layer on the GPU: a DecoderLayer's weights uploaded in their GGML blocks, its forward pass as
-kernel launches over preallocated device buffers, its keys and values in an f16 cache on the device.
+kernel launches over preallocated device buffers, over keys and values in an fp16 cache on the device.
 
 The launches mirror layers.DecoderLayer step for step; a llama-style layer decoding one token takes 9: norm,
 Q|K|V, RoPE + KV store, attention, output projection + residual, norm, up|gate, activation, down + residual.
@@ -67,7 +67,7 @@ class Buffers:
 
 
 class GPULayer:
-    def __init__(self, layer: DecoderLayer, n_ctx: int, rope_tables: dict):
+    def __init__(self, layer: DecoderLayer, rope_tables: dict):
         w = layer.w
         self.n_head, self.n_kv, self.hd = layer.n_head, layer.n_head_kv, layer.head_dim
         if self.hd > attention.MAX_HEAD_DIM:
@@ -94,19 +94,19 @@ class GPULayer:
             m = w.moe
             self.router = DeviceMatrix(m.router.raw, m.router.qtype, m.router.n_cols)
             self.experts_ug, self.experts_down = DeviceGroup((m.up, m.gate)), DeviceGroup((m.down,))
-        shape = (self.n_kv, n_ctx, self.hd)
-        self.k_cache, self.v_cache = cuda.device_array(shape, np.uint16), cuda.device_array(shape, np.uint16)
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the weights and the KV cache (tables shared with other layers left out)."""
+        """Device bytes of the weights (tables shared with other layers left out)."""
         parts = [self.attn_norm, self.ffn_norm, self.q_norm, self.k_norm, self.post_attn_norm, self.post_ffn_norm,
-                 self.qkv, self.wo, self.k_cache, self.v_cache, self.slopes]
+                 self.qkv, self.wo, self.slopes]
         parts += [self.up_gate, self.down] if self.moe is None else [self.router, self.experts_ug, self.experts_down]
         return sum(p.nbytes for p in parts if p is not None)
 
-    def __call__(self, b: Buffers, pos: int) -> None:
-        # b.x (n, n_embd) updated in place, on the device
+    def __call__(self, b: Buffers, seqs: list) -> None:
+        """b.x (n, n_embd) updated in place, on the device. seqs: (first row, rows, position of the first row,
+        k_cache, v_cache) of each sequence; the matrix products take all rows at once, RoPE and attention each
+        sequence apart (as DecoderLayer.run)."""
         self.attn_norm(b.x, b.h)
         self.qkv(b.h, b.qkv)
         if self.clamp:
@@ -115,10 +115,13 @@ class GPULayer:
             self.q_norm(b.qkv, b.qkv, 0, self.n_head)
             self.k_norm(b.qkv, b.qkv, self.n_head * self.hd, self.n_kv)
         n_rot = 0 if self.rope is None else self.rope.n_rot
-        rope.rope(b.qkv, self.n_head, self.n_kv, self.hd, n_rot, n_rot and self.rope.neox, self.cos, self.sin, pos,
-                  self.k_cache, self.v_cache)
-        attention.attention(b.qkv, self.n_head, self.n_kv, self.hd, self.k_cache, self.v_cache, pos, self.scale,
-                            self.window, nothing() if self.slopes is None else self.slopes, b.att)
+        slopes = nothing() if self.slopes is None else self.slopes
+        for r, m, pos, k_cache, v_cache in seqs:
+            qkv = b.qkv[r:r + m]
+            rope.rope(qkv, self.n_head, self.n_kv, self.hd, n_rot, n_rot and self.rope.neox, self.cos, self.sin, pos,
+                      k_cache, v_cache)
+            attention.attention(qkv, self.n_head, self.n_kv, self.hd, k_cache, v_cache, pos, self.scale, self.window,
+                                slopes, b.att[r:r + m])
         if self.parallel and self.ffn_norm is not None:  # None (falcon 7B): the MLP reads attn_norm's h too
             self.ffn_norm(b.x, b.h)  # of the block input, before the attention residual
         self._residual(self.wo, b.att, self.post_attn_norm, b)

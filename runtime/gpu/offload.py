@@ -2,7 +2,8 @@
 
 The model's CPU layers hand the hidden states over once per batch (one upload); the offloaded layers run on
 device buffers; the states come back once (one download), unless the head is on the GPU too, which downloads
-the logits instead. Nothing inside a step waits for the device but those copies.
+the logits instead. Nothing inside a step waits for the device but those copies. Each KV cache (Model.new_cache)
+holds the offloaded layers' keys and values on the device, as fp16 bits: `device` of layers.KVCache.
 """
 
 import numpy as np
@@ -27,7 +28,7 @@ class GPUOffload:
                 r = layer.rope
                 tables[id(layer.rope)] = ((cuda.to_device(r.cos), cuda.to_device(r.sin)) if r is not None else
                                           (cuda.to_device(np.zeros((1, 1), np.float32)),) * 2)
-        self.layers = [GPULayer(layer, model.n_ctx, tables) for layer in model.layers[self.placement.first:]]
+        self.layers = [GPULayer(layer, tables) for layer in model.layers[self.placement.first:]]
         self.head = None
         if self.placement.head:
             self.output_norm = DeviceNorm(model.output_norm)
@@ -35,11 +36,33 @@ class GPUOffload:
         self.n_vocab = model.n_vocab
         self.nbytes = (sum(layer.nbytes for layer in self.layers) + sum(t.nbytes for p in tables.values() for t in p)
                        + (self.head.nbytes + self.output_norm.nbytes if self.head is not None else 0))
+        self.cache_bytes = 2 * 2 * len(self.layers) * c.n_head_kv * model.n_ctx * c.head_dim  # per n_ctx cache
         self._buffers: dict = {}
         self._last: Buffers | None = None
 
     def __str__(self) -> str:
-        return f"{self.placement} on {self.device}: {self.nbytes / 2**20:.1f} MiB of weights and KV cache"
+        return (f"{self.placement} on {self.device}: {self.nbytes / 2**20:.1f} MiB of weights, "
+                f"{self.cache_bytes / 2**20:.1f} MiB per KV cache")
+
+    def new_cache(self, n_ctx: int) -> list:
+        """The offloaded layers' K/V for n_ctx positions: (k, v) per layer, uint16 (n_head_kv, n_ctx, head_dim)."""
+        c = self.config
+        shape = (c.n_head_kv, n_ctx, c.head_dim)
+        return [(cuda.device_array(shape, np.uint16), cuda.device_array(shape, np.uint16)) for _ in self.layers]
+
+    def read_cache(self, device_cache: list, n: int) -> tuple:
+        """(k, v) float32 (n_layers, n_head_kv, n, head_dim) of positions 0..n-1 (a session's saved state)."""
+        return tuple(np.stack([a.copy_to_host()[:, :n] for a in arrays]).view(np.float16).astype(np.float32)
+                     for arrays in zip(*device_cache, strict=True))
+
+    def write_cache(self, device_cache: list, k: np.ndarray, v: np.ndarray) -> None:
+        """Positions 0..n-1 of the cache from k, v float32 (n_layers, n_head_kv, n, head_dim), rounded to fp16."""
+        n = k.shape[2]
+        for (dk, dv), lk, lv in zip(device_cache, k, v, strict=True):
+            for dev, values in ((dk, lk), (dv, lv)):
+                host = dev.copy_to_host()
+                host[:, :n] = values.astype(np.float16).view(np.uint16)
+                dev.copy_to_device(host)
 
     def _buffers_for(self, n: int) -> Buffers:
         b = self._buffers.get(n)
@@ -48,14 +71,15 @@ class GPUOffload:
             b = self._buffers[n] = Buffers(n, self.config, self.n_vocab if self.head is not None else None)
         return b
 
-    def forward(self, x: np.ndarray, pos: int) -> None:
-        """x (n, n_embd): the hidden states entering the first offloaded layer at positions pos..; they come back
-        in place from the last one unless the head is on the GPU too (then see `logits`)."""
+    def forward(self, x: np.ndarray, seqs: list, fetch: bool = False) -> None:
+        """x (n, n_embd): the hidden states entering the first offloaded layer, rows of the sequences `seqs`: (first
+        row, rows, position of the first, KV cache's `device`) each. They come back in place from the last layer
+        when the head is on the CPU, or with fetch (else see `logits`)."""
         b = self._last = self._buffers_for(x.shape[0])
         b.x.copy_to_device(x)
-        for layer in self.layers:
-            layer(b, pos)
-        if self.head is None:
+        for il, layer in enumerate(self.layers):
+            layer(b, [(r, m, pos, *cache[il]) for r, m, pos, cache in seqs])
+        if fetch or self.head is None:
             b.x.copy_to_host(x)
 
     def logits(self, out: np.ndarray) -> None:
@@ -72,9 +96,10 @@ class GPUOffload:
         """Compile every kernel the offloaded part runs (a decode step and a batch past the matvec's limit, at
         position 0, on scratch buffers): kernels compile on their first launch. Returns the kernels compiled."""
         start = target.compiles()
-        for n in (1, min(MATVEC_MAX_TOKENS + 1, n_ctx)):
-            x = np.zeros((n, self.config.n_embd), np.float32)
-            self.forward(x, 0)
+        n_max = min(MATVEC_MAX_TOKENS + 1, n_ctx)
+        scratch = self.new_cache(n_max)
+        for n in (1, n_max):
+            self.forward(np.zeros((n, self.config.n_embd), np.float32), [(0, n, 0, scratch)])
             if self.head is not None:
                 self.logits(np.empty((n, self.n_vocab), np.float32))
         self._buffers = {}
