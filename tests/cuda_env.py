@@ -28,8 +28,8 @@ if not REAL_GPU:
     config.reload_config()
 
 needs_cuda = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason='numba-cuda is not installed: pip install -e ".[test]"')
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not REAL_GPU, reason="needs an NVIDIA GPU, its driver and numba-cuda "
-                                                                "(the kernels run in the simulator here)")]
+real_gpu = pytest.mark.skipif(not REAL_GPU, reason="needs an NVIDIA GPU, its driver and numba-cuda (the kernels run "
+                                                   "in the simulator here)")  # with pytest.mark.gpu
 
 
 def _greenlet_blocks() -> None:

@@ -190,3 +190,51 @@ def test_bench_reports_the_offload(tiny):
     assert "| llamba CUDA | 1 | pp40 |" in table
     assert ("llamba offload: layers 0-1 (2 of 2) and the output head on GPU 0: " in table
             and f" MiB per KV cache, {9 * 2 + 2} launches per token" in table)
+
+
+# ---- on a real GPU only (tools/gpu_check.sh) ----
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+@pytest.mark.gpu
+@cuda_env.real_gpu
+def test_matvec_reads_at_gpu_speed(qtype):
+    """A 8192 x 8192 matvec (token generation's kernel) streams its blocks faster than any CPU here can (>= 100 GB/s;
+    the figure is printed, for the gpu_check log)."""
+    import time
+
+    from numba import cuda
+
+    from quant import GGMLType, quantize
+    from quant.kernels.cuda import target
+    from quant.kernels.cuda.matrix import DeviceMatrix
+
+    target.open_device(0)
+    t = GGMLType[qtype]
+    raw = quantize(np.random.default_rng(0).standard_normal((8192, 8192)).astype(np.float32), t)
+    w = DeviceMatrix(raw, t, 8192)
+    x, y, none = cuda.to_device(np.ones((1, 8192), np.float32)), cuda.device_array((1, 8192), np.float32), \
+        target.nothing()
+    w(x, y, none)
+    cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(50):
+        w(x, y, none)
+    cuda.synchronize()
+    gbps = 50 * raw.nbytes / (time.perf_counter() - start) / 1e9
+    print(f"{qtype} matvec 8192x8192: {gbps:.0f} GB/s")
+    assert gbps >= 100
+
+
+@pytest.mark.gpu
+@cuda_env.real_gpu
+def test_real_model_on_the_gpu(model_path):
+    """SmolLM2 (Q4_1, tied head) with everything on the GPU against the CPU float path, teacher-forced over a text."""
+    from runtime.tokenizer import Tokenizer
+
+    path = model_path("smollm2-135m-instruct")
+    cpu, gpu = load_model(path, n_ctx=128), load_model(path, n_ctx=128, n_gpu_layers=99)
+    ids = np.array(Tokenizer.from_gguf(cpu.gguf.metadata).encode("The quick brown fox jumps over the lazy dog. " * 4))
+    ref = cpu.forward(ids, 0, cpu.new_cache(), all_logits=True)
+    got = gpu.forward(ids, 0, gpu.new_cache(), all_logits=True)
+    assert np.abs(got - ref).max() < 1e-2 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95

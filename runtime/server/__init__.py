@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import sys
 
+from .. import gpu
 from ..errors import LlambaError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--no-api-key", action="store_true", help="allow a non-loopback --host without a key")
     p.add_argument("--cors-origin", default=None, help="allow browser requests from this origin (default: none)")
     p.add_argument("--alias", default=None, help="model id shown by /v1/models (default: the file's name)")
+    gpu.add_arguments(p)
 
 
 def check_installed():
@@ -52,9 +54,12 @@ def run_args(args) -> int:
     from .app import create_app
     from .engine import Engine
 
-    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads)
+    llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+              main_gpu=args.main_gpu)
     engine = Engine(llm, args.parallel, args.max_queue)
     app = create_app(engine, api_key=args.api_key, cors_origin=args.cors_origin, model_name=args.alias)
+    if llm.model.gpu is not None:
+        print(f"llamba: offloaded {llm.model.gpu}", file=sys.stderr)
     print(f"llamba: serving {llm.path.name} on http://{args.host}:{args.port} ({args.parallel} slots)",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
