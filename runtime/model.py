@@ -224,7 +224,10 @@ class Model:
         """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits; with hidden,
         the final hidden states (n, n_embd) of every token after the output norm (what embeddings pool), no head.
         Writes the tokens' K/V at positions pos.. of `cache` (from new_cache()) and attends over its 0..pos-1."""
-        tokens = self._check(tokens, pos, cache)
+        with np.errstate(all="ignore"):  # overflow shows as non-finite logits, reported by _head
+            return self._forward(self._check(tokens, pos, cache), pos, cache, all_logits, hidden)
+
+    def _forward(self, tokens, pos, cache, all_logits, hidden) -> np.ndarray:
         n, every = tokens.size, all_logits or hidden
         out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
@@ -253,13 +256,16 @@ class Model:
         for t, p, cache in zip(tokens, positions, caches, strict=True):
             self._check(t[None], p, cache)
         b = self._buffers_for(tokens.size)
-        self.embed(tokens, np.asarray(positions), b.x)  # (m, n_embd)
-        for il, layer in enumerate(self.layers):
-            layer.run(b, [(i, 1, p, c.k[il], c.v[il]) for i, (p, c) in enumerate(zip(positions, caches, strict=True))])
-        if self.gpu is not None:
-            self.gpu.forward(b.x, [(i, 1, p, c.device) for i, (p, c) in enumerate(zip(positions, caches, strict=True))])
         logits = np.empty((tokens.size, self.n_vocab), np.float32)
-        self._head(b.x, b.h, logits)
+        with np.errstate(all="ignore"):
+            self.embed(tokens, np.asarray(positions), b.x)  # (m, n_embd)
+            for il, layer in enumerate(self.layers):
+                layer.run(b, [(i, 1, p, c.k[il], c.v[il]) for i, (p, c) in enumerate(zip(positions, caches,
+                                                                                           strict=True))])
+            if self.gpu is not None:
+                self.gpu.forward(b.x, [(i, 1, p, c.device) for i, (p, c) in enumerate(zip(positions, caches,
+                                                                                          strict=True))])
+            self._head(b.x, b.h, logits)
         return logits
 
     def _head(self, x: np.ndarray, tmp: np.ndarray, out: np.ndarray, head: QMatrix | None = None) -> None:

@@ -73,6 +73,12 @@ def mutate(base: bytes, fields: list, header_end: int, rng: random.Random) -> tu
     return kind, bytes(blob)
 
 
+def _peak_rss() -> int:
+    """This process image's peak RSS in bytes: VmHWM (ru_maxrss would carry the forking parent's over exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def run_one(path) -> None:
     llm = LLM(path, warmup=False)
     llm.generate("the", max_tokens=2, temperature=0)
@@ -120,7 +126,7 @@ def main(argv=None) -> dict:
                                  "trace": traceback.format_exc()[-1500:]})
             finally:
                 signal.alarm(0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     return {"seed": args.seed, "cases": sum(kinds.values()), "counts": counts, "kinds": kinds,
             "peak_rss_mib": round(peak / 2**20), "failures": failures}
 

@@ -104,7 +104,7 @@ def test_cli_stdout_is_the_table_only(capsys):
     assert lines[0].startswith("| model |") and lines[1].startswith("|---|")
     table = lines[:lines.index("")]
     assert len(table) == 4 and all(line.startswith("|") and line.endswith("|") for line in table)
-    assert all(line.startswith(("llamba (", "1 repetitions")) for line in lines[len(table) + 1:]), out
+    assert all(line.startswith(("llamba (", "kernels:", "1 repetitions")) for line in lines[len(table) + 1:]), out
     assert "llamba 1T pp8:" in err and "llamba 1T tg2:" in err and "t/s" not in out.replace("| t/s |", "")
 
 
@@ -155,7 +155,7 @@ def test_synthetic_file_loads_in_both_engines(tmp_path, model_path):
     # llama.cpp's use_more_bits over 2 layers: the last one (i >= 7n/8) gets Q6_K
     assert [types[f"blk.{i}.{k}.weight"] for k in ("attn_v", "ffn_down") for i in (0, 1)] == ["Q4_K", "Q6_K"] * 2
     model = load_model(out, 64)
-    logits = model.forward(np.arange(1, 9), 0)
+    logits = model.forward(np.arange(1, 9), 0, model.new_cache())
     assert np.all(np.isfinite(logits)) and np.std(logits) > 0
     pytest.importorskip("llama_cpp", reason='llama-cpp-python is not installed: pip install -e ".[interop]"')
     from runtime.eval.llamacpp import open_llama

@@ -256,3 +256,85 @@ def test_isa_variants_give_identical_integer_sums(kind):
             assert rel_err(y[None], W, dequant_q8(qtype, X)) < FLOAT_TOL, (v, n_cols)
         for v in variants:
             np.testing.assert_array_equal(results[v], results["portable"], err_msg=f"{kind} {v} n={n_cols}")
+
+
+# ---- several tokens per weight row (simd's `dots`, int_dot.row_dots): the same bits as one token at a time
+
+def _variant_token_groups(kind, variant):
+    """A jitted loop over rows calling the several-token intrinsic of `kind` for `variant` on tokens 4, then 2,
+    then 1 at a time (int_path._matmul's grouping, and a tuple of one)."""
+    from numba import njit
+
+    from quant.kernels import simd
+
+    dots = simd.row_dot_intrinsic(kind, variant, tokens=True)
+
+    @njit
+    def rows(w, row_bytes, qx, dx, sums, out):
+        n_tok = qx.shape[0]
+        for r in range(out.shape[1]):
+            k = 0
+            while k + 4 <= n_tok:
+                dots(w, r * row_bytes, qx, dx, sums, (k, k + 1, k + 2, k + 3), out, r)
+                k += 4
+            if k + 2 <= n_tok:
+                dots(w, r * row_bytes, qx, dx, sums, (k, k + 1), out, r)
+                k += 2
+            if k < n_tok:
+                dots(w, r * row_bytes, qx, dx, sums, (k,), out, r)
+
+    return rows
+
+
+@pytest.mark.parametrize("kind", list(INT_KINDS))
+def test_several_tokens_equal_one_token_bitwise(kind):
+    """Every variant the host runs: a weight row against 1..15 tokens (groups of 4, 2, 1) gives exactly the bits of
+    the one-token row dot per token (the server's batched decode equals a single decode)."""
+    from quant.activation import quantize_activations
+    from quant.jit import isa
+
+    qtype = INT_KINDS[kind]
+    k_quant = type_info(qtype).block_size == 256
+    rng = np.random.default_rng(13)
+    n_cols = 512 if k_quant else 352
+    raw = random_raw(rng, qtype, 11, n_cols)
+    X = rng.standard_normal((15, n_cols), np.float32) * rng.uniform(0.1, 10, (15, 1)).astype(np.float32)
+    qx, dx, bs, xs = quantize_activations(X, type_info(qtype).block_size)
+    sums = bs if k_quant else xs
+    for v in isa.supported():
+        one, many = _variant_rows(kind, v), _variant_token_groups(kind, v)
+        want = np.stack([_run_variant(one, raw, qx[k], dx[k], bs[k], xs[k], k_quant) for k in range(15)])
+        for n_tok in range(1, 16):
+            got = np.full((n_tok, raw.shape[0]), np.nan, np.float32)
+            many(raw.reshape(-1), raw.shape[1], qx[:n_tok], dx[:n_tok], sums[:n_tok], got)
+            assert np.array_equal(got, want[:n_tok]), (kind, v, n_tok)
+
+
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_matmul_rows_equal_matvec_bitwise(cases, qtype):
+    """QMatrix.matmul below BLAS_MIN_TOKENS: each token's row is exactly its matvec (every type, both paths)."""
+    raw, W, X = cases[qtype]
+    for path in ("float", "int"):
+        m = QMatrix(raw, qtype, W.shape[1], path=path)
+        for n_tok in (2, 5, 7, BLAS_MIN_TOKENS - 1):
+            y = m.matmul(X[:n_tok])
+            assert np.array_equal(y, np.stack([m.matvec(x) for x in X[:n_tok]])), (path, n_tok)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
+def test_forward_batch_equals_single_decode_bitwise(model_path, name):
+    """Model.forward_batch: 6 sequences (prompts of different lengths) decoded in one step give exactly the logits
+    of each decoded alone (SmolLM2: Q4_1 / Q8_0; Qwen2.5-0.5B: Q5_0, Q8_0, Q4_K, Q6_K)."""
+    from runtime.model import load_model
+
+    model = load_model(model_path(name), n_ctx=64)
+    prompts = [[1 + 7 * i + j for j in range(2 + i)] for i in range(6)]
+    nxt = np.array([100 + 11 * i for i in range(6)], np.int32)
+    single, batch = [model.new_cache(64) for _ in prompts], [model.new_cache(64) for _ in prompts]
+    for p, a, b in zip(prompts, single, batch, strict=True):
+        model.forward(np.array(p, np.int32), 0, a)
+        model.forward(np.array(p, np.int32), 0, b)
+    got = model.forward_batch(nxt, [len(p) for p in prompts], batch)
+    for i, p in enumerate(prompts):
+        want = model.forward(nxt[i:i + 1], len(p), single[i])
+        assert np.array_equal(got[i], want), (name, i)

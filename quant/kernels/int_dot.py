@@ -82,3 +82,30 @@ def row_dot(code, row, base, qx, dx, bs, xs):
     if code == GGMLType.Q2_K:
         return dot_q2_k(row, base, qx, dx, bs, xs)
     return dot_q3_k(row, base, qx, dx, bs, xs)
+
+
+@jit
+def row_dots(code, row, base, qx, dx, bs, xs, ks, out, r):
+    """out[k, r] = the dot of the row at row[base:] with activation row k of the (n_tok, ...) arrays, for the tokens
+    k of the tuple ks (its length is compiled in): each weight block is unpacked once for all of them, and every
+    result is the same bits as row_dot's. Q2_K and Q3_K (no several-token form) call row_dot per token."""
+    if code == GGMLType.Q4_K:
+        return simd.dot_rows_q4_k(row, base, qx, dx, bs, ks, out, r)
+    if code == GGMLType.Q6_K:
+        return simd.dot_rows_q6_k(row, base, qx, dx, bs, ks, out, r)
+    if code == GGMLType.Q8_0:
+        return simd.dot_rows_q8_0(row, base, qx, dx, xs, ks, out, r)
+    if code == GGMLType.Q5_0:
+        return simd.dot_rows_q5_0(row, base, qx, dx, xs, ks, out, r)
+    if code == GGMLType.Q4_1:
+        return simd.dot_rows_q4_1(row, base, qx, dx, xs, ks, out, r)
+    if code == GGMLType.Q4_0:
+        return simd.dot_rows_q4_0(row, base, qx, dx, xs, ks, out, r)
+    if code == GGMLType.Q5_1:
+        return simd.dot_rows_q5_1(row, base, qx, dx, xs, ks, out, r)
+    if code == GGMLType.Q5_K:
+        return simd.dot_rows_q5_k(row, base, qx, dx, bs, ks, out, r)
+    if code == GGMLType.IQ4_NL:
+        return simd.dot_rows_iq4_nl(row, base, qx, dx, xs, ks, out, r)
+    for k in ks:
+        out[k, r] = row_dot(code, row, base, qx[k], dx[k], bs[k], xs[k])

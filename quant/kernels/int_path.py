@@ -10,7 +10,7 @@ from numba import njit, prange
 from ..activation import quantize_activations, quantize_rows
 from ..blocks import QK
 from ..types import QK_K, GGMLType
-from .int_dot import row_dot
+from .int_dot import row_dot, row_dots
 from .simd import prefetch
 
 ROWS_PER_TASK = 16  # rows per prange iteration
@@ -64,14 +64,26 @@ def matvec_many(raws, codes, x, ys):
             y[r] = row_dot(code, w, r * rb, qx, dx, bs, xs[0])
 
 
+TOKENS = 4  # tokens per several-token row dot (int_dot.row_dots): each weight block is unpacked once for them
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _matmul(raw, code, qx, dx, bs, xs, out):
     """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T; each row is read once for all tokens."""
-    n, w = raw.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
+    n, n_tok, w = raw.shape[0], qx.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            for k in range(qx.shape[0]):
-                out[k, r] = row_dot(code, w, r * raw.shape[1], qx[k], dx[k], bs[k], xs[k])
+            # hot loop: the row against TOKENS tokens at a time (a block unpacked once, in registers for all of
+            # them), then 2 and 1 for the rest; every output the same bits as the token's row_dot alone
+            base, k = r * raw.shape[1], 0
+            while k + TOKENS <= n_tok:
+                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
+                k += TOKENS
+            if k + 2 <= n_tok:
+                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
+                k += 2
+            if k < n_tok:
+                out[k, r] = row_dot(code, w, base, qx[k], dx[k], bs[k], xs[k])
 
 
 def matmul(raw, code, block, X, out):

@@ -77,6 +77,11 @@ class _Arrays:
         ary = self.context.make_array(self.sig.args[i])(self.context, self.builder, value=self.args[i])
         return self.builder.extract_value(ary.shape, 0)
 
+    def cols(self, i):
+        """The last dimension of array i (the length of a 1-D one, the row length of a 2-D one)."""
+        ary = self.context.make_array(self.sig.args[i])(self.context, self.builder, value=self.args[i])
+        return self.builder.extract_value(ary.shape, self.sig.args[i].ndim - 1)
+
     def int(self, i):
         return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
 
@@ -84,6 +89,19 @@ class _Arrays:
         """A scalar or vector of type t at byte/element `offset` of array i (unaligned)."""
         ptr = self.builder.gep(self.data(i), [offset])
         return self.builder.load(self.builder.bitcast(ptr, t.as_pointer()), align=1)
+
+
+class _Token:
+    """The activation arrays of one token, arguments 2 (qx), 3 (dx) and 4 (sums) of a row-dot intrinsic: the 1-D
+    arrays themselves (k None), or row k of (n_tok, ...) C-contiguous arrays."""
+
+    def __init__(self, arrays, k=None):
+        self.arrays, self.k = arrays, k
+
+    def load(self, i, offset, t):
+        if self.k is not None:
+            offset = self.arrays.builder.add(self.arrays.builder.mul(self.k, self.arrays.cols(i)), offset)
+        return self.arrays.load(i, offset, t)
 
 
 def _half(builder, arrays, i, offset):
@@ -181,10 +199,51 @@ def _zeros(vt):
 
 # ---- intrinsics ----
 
+def _intrinsics(core):
+    """The two intrinsics around core(builder, arrays, base, tokens) -> [float32 dot per token] (the weight row at
+    w[base:], each block unpacked once for all tokens, a separate accumulator per token):
+      dot(w, base, qx, dx, sums) -> float32        one token: 1-D activation arrays;
+      dots(w, base, qx, dx, sums, ks, out, r)      tokens ks (a tuple of row indices, its length T fixed when
+                                                   compiled) of (n_tok, ...) C-contiguous arrays: out[k, r] = the dot
+                                                   with token k. Each token's float operations are dot's, in
+                                                   dot's order: the results are the same bits."""
+
+    @intrinsic
+    def dot(typingctx, row, base, qx, dx, sums):
+        sig = types.float32(row, base, qx, dx, sums)
+
+        def codegen(context, builder, sig, args):
+            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 sums
+            return core(builder, arr, arr.int(1), [_Token(arr)])[0]
+
+        return sig, codegen
+
+    @intrinsic
+    def dots(typingctx, row, base, qx, dx, sums, ks, out, r):
+        if not (isinstance(ks, types.UniTuple) and all(a.ndim == 2 and a.layout == "C" for a in (qx, dx, sums, out))):
+            return None
+        sig = types.void(row, base, qx, dx, sums, ks, out, r)
+
+        def codegen(context, builder, sig, args):
+            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 sums, 5 ks, 6 out, 7 r
+            tk = sig.args[5]
+            ks = [context.cast(builder, builder.extract_value(args[5], j), tk.dtype, types.int64)
+                  for j in range(tk.count)]
+            ys = core(builder, arr, arr.int(1), [_Token(arr, k) for k in ks])
+            for k, y in zip(ks, ys, strict=True):
+                at = builder.add(builder.mul(k, arr.cols(6)), arr.int(7))
+                builder.store(y, builder.gep(arr.data(6), [at]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot, dots
+
+
 def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=ISA):
-    """Intrinsic (w, base, qx, dx, xs) -> float32 for a 32-block type, the row at w[base:]: block b is `size`
-    bytes, fp16 d at 0, fp16 m at offset m (or None), fifth bits at qh (or None), quants at qs (int8 bytes, or
-    nibbles); value d (q - bias) [+ m], or d table[q] with a table of 16 int8 levels.
+    """Intrinsics (_intrinsics) for a 32-block type, sums = xs: block b is `size` bytes, fp16 d at 0, fp16 m at
+    offset m (or None), fifth bits at qh (or None), quants at qs (int8 bytes, or nibbles); value d (q - bias) [+ m],
+    or d table[q] with a table of 16 int8 levels.
     qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (the minimums, and
     on the VNNI variants the quants' offsets: sum((u - c) x) = sum(u x) - c sum(x) with u unsigned)."""
     signed = int8 or bias > 0 or table is not None
@@ -203,50 +262,36 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
             u = builder.sub(u, _splat(builder, bias, 32))
         return u
 
-    @intrinsic
-    def dot(typingctx, row, base, qx, dx, xs):
-        sig = types.float32(row, base, qx, dx, xs)
+    def core(builder, arr, base, toks):
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8)) for _ in toks]
+        acc_mins = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in toks]
+        fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
+        n_blocks = builder.sdiv(arr.cols(2), ir.Constant(I64, 32))
 
-        def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 xs
-            base = arr.int(1)
-            acc = cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8))
-            acc_min = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
-            fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
-            n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 32))
-
-            def block_at(ib):
-                o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
-                return o, (lambda k: builder.add(o, ir.Constant(I64, k)))
-
-            def side(ib, o, at, d):
-                """acc_min += (the block's minimum, and -offset d on VNNI) times xs[ib]."""
-                f = builder.fmul(ir.Constant(F32, -float(offset)), d) if isa in VNNI and offset else None
-                if m is not None:
-                    mv = _half(builder, arr, 0, at(m))
-                    f = mv if f is None else builder.fadd(f, mv)
-                if f is not None:
-                    builder.store(builder.fadd(builder.load(acc_min), builder.fmul(f, arr.load(4, ib, F32))), acc_min)
-
-            with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
-                ib = loop.index
-                o, at = block_at(ib)
-                u = quants(builder, arr, at)
-                x = arr.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
+        with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: a block unpacked once, then each token
+            ib = loop.index
+            o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
+            at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+            u = quants(builder, arr, at)
+            d = _half(builder, arr, 0, o)
+            f = builder.fmul(ir.Constant(F32, -float(offset)), d) if isa in VNNI and offset else None
+            if m is not None:  # the side term: (the block's minimum, and -offset d on VNNI) times xs[ib]
+                mv = _half(builder, arr, 0, at(m))
+                f = mv if f is None else builder.fadd(f, mv)
+            for tok, acc, acc_min in zip(toks, accs, acc_mins, strict=True):
+                x = tok.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
                 isum = _vnni(builder, "vpdpbusd", _zeros(V8x32), u, x) if isa in VNNI else \
                     _madd(builder, u, x, signed, isa)
-                d = _half(builder, arr, 0, o)
-                scale = builder.fmul(d, arr.load(3, ib, F32))
+                scale = builder.fmul(d, tok.load(3, ib, F32))
                 builder.store(builder.call(fma, [builder.sitofp(isum, V8xF), _splat(builder, scale, 8, F32),
                                                  builder.load(acc)]), acc)
-                side(ib, o, at, d)
-            total = builder.call(_fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF]),
-                                 [ir.Constant(F32, 0.0), builder.load(acc)])
-            return builder.fadd(total, builder.load(acc_min))
+                if f is not None:
+                    builder.store(builder.fadd(builder.load(acc_min), builder.fmul(f, tok.load(4, ib, F32))), acc_min)
+        reduce = _fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF])
+        return [builder.fadd(builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc)]), builder.load(acc_min))
+                for acc, acc_min in zip(accs, acc_mins, strict=True)]
 
-        return sig, codegen
-
-    return dot
+    return _intrinsics(core)
 
 
 _ROW_32 = {"q8_0": dict(size=B.Q8_0_SIZE, qs=B.Q8_0_QS, int8=True),
@@ -257,7 +302,8 @@ _ROW_32 = {"q8_0": dict(size=B.Q8_0_SIZE, qs=B.Q8_0_QS, int8=True),
            "iq4_nl": dict(size=B.IQ4_NL_SIZE, qs=B.IQ4_NL_QS, table=B.KVALUES_IQ4NL)}
 
 
-dot_row_q8_0, dot_row_q4_0, dot_row_q4_1, dot_row_q5_0, dot_row_q5_1, dot_row_iq4_nl = (
+((dot_row_q8_0, dot_rows_q8_0), (dot_row_q4_0, dot_rows_q4_0), (dot_row_q4_1, dot_rows_q4_1),
+ (dot_row_q5_0, dot_rows_q5_0), (dot_row_q5_1, dot_rows_q5_1), (dot_row_iq4_nl, dot_rows_iq4_nl)) = (
     _row_dot_32(**_ROW_32[k]) for k in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"))
 
 
@@ -290,6 +336,11 @@ def _scaled(builder, acc, u, x, scales, isa):
                                          [p16, scales]))
 
 
+def _pmaddwd(builder, a, b):
+    """vpmaddwd of two 16 x i16 vectors: lane j = a[2j] b[2j] + a[2j + 1] b[2j + 1], 8 x i32."""
+    return builder.call(_fn(builder, "llvm.x86.avx2.pmadd.wd", V8x32, [V16x16, V16x16]), [a, b])
+
+
 def _repeat(builder, v, counts):
     """The lanes of the integer vector v (converted to i16) each repeated counts times: scales per pair sum."""
     v16 = builder.trunc(v, ir.VectorType(I16, v.type.count)) if v.type.element.width > 16 else \
@@ -297,13 +348,24 @@ def _repeat(builder, v, counts):
     return _shuffle(builder, v16, v16, [j for j in range(v.type.count) for _ in range(counts)])
 
 
-def _k_block(builder, arr, kind, o, xo, bsv, isa):
-    """(integer sums of sc_s * sum(q x), integer corrections) of one 256-block at o of a K-quant as i32 vectors,
-    isum and msum their lane sums: value = d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K)."""
+def _k_block(builder, arr, kind, o, xo, bsvs, isa, toks):
+    """Per token (toks, with bsvs its 16 sums of qx per 16 of the block): (integer sums of sc_s * sum(q x), integer
+    corrections) of one 256-block at o of a K-quant as i32 vectors, isum and msum their lane sums: value
+    d * isum - dmin * msum (Q4_K, Q5_K) or d * (isum - 32 * msum) (Q6_K). Each unit of quants is unpacked once."""
     wide = isa == "avx512vnni"  # 64 quants per step: two 32-element units that are contiguous in x
-    acc = _zeros(V16x32 if wide else V8x32)
+    accs = [_zeros(V16x32 if wide else V8x32) for _ in toks]
     at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-    xat = lambda k, t=V32x8: arr.load(2, builder.add(xo, ir.Constant(I64, k)), t)  # noqa: E731
+
+    def scaled(u, k, scales):  # every token's acc += scaled pair sums of u against its x[xo + k:]
+        for j, tok in enumerate(toks):
+            x = tok.load(2, builder.add(xo, ir.Constant(I64, k)), u.type)
+            accs[j] = _scaled(builder, accs[j], u, x, scales, isa)
+
+    def madd_scaled(u, k, s0, s1):  # the same with AVX2 / portable's _madd_scaled (32 quants, two scales)
+        for j, tok in enumerate(toks):
+            x = tok.load(2, builder.add(xo, ir.Constant(I64, k)), V32x8)
+            accs[j] = builder.add(accs[j], _madd_scaled(builder, u, x, s0, s1, isa))
+
     if kind == "q6_k":  # element 128h + 32k + l: nibble k // 2 of ql[64h + 32 (k % 2) + l], bits 2k of qh[32h + l]
         for h in range(2):
             qh = arr.load(0, at(B.Q6_K_QH + 32 * h), V32x8)
@@ -314,22 +376,20 @@ def _k_block(builder, arr, kind, o, xo, bsv, isa):
                 for p in range(2):
                     u = builder.or_(_field(builder, ql, 4 * p, 15),
                                     builder.shl(_field(builder, qh2, 4 * p, 3), _splat(builder, 4, 64)))
-                    scales = _repeat(builder, _shuffle(builder, sc, sc, range(4 * p, 4 * p + 4)), 8)
-                    acc = _scaled(builder, acc, u, xat(128 * h + 64 * p, V64x8), scales, isa)
+                    scaled(u, 128 * h + 64 * p, _repeat(builder, _shuffle(builder, sc, sc, range(4 * p, 4 * p + 4)), 8))
                 continue
             ql = [arr.load(0, at(B.Q6_K_QL + 64 * h + 32 * p), V32x8) for p in range(2)]
             for k in range(4):
                 u = builder.or_(_field(builder, ql[k % 2], 4 * (k // 2), 15),
                                 builder.shl(_field(builder, qh, 2 * k, 3), _splat(builder, 4, 32)))
                 if isa in VNNI:
-                    scales = _repeat(builder, _shuffle(builder, sc, sc, [2 * k, 2 * k + 1]), 8)
-                    acc = _scaled(builder, acc, u, xat(128 * h + 32 * k), scales, isa)
+                    scaled(u, 128 * h + 32 * k, _repeat(builder, _shuffle(builder, sc, sc, [2 * k, 2 * k + 1]), 8))
                     continue
                 s = B.Q6_K_SCALES + 8 * h + 2 * k
                 s0, s1 = (builder.sext(arr.load(0, at(s + j), I8), I32) for j in range(2))
-                acc = builder.add(acc, _madd_scaled(builder, u, xat(128 * h + 32 * k), s0, s1, isa))
-        scales = builder.sext(arr.load(0, at(B.Q6_K_SCALES), ir.VectorType(I8, 16)), bsv.type)
-        return acc, builder.mul(scales, bsv)
+                madd_scaled(u, 128 * h + 32 * k, s0, s1)
+        scales = builder.sext(arr.load(0, at(B.Q6_K_SCALES), ir.VectorType(I8, 16)), bsvs[0].type)
+        return accs, [builder.mul(scales, bsv) for bsv in bsvs]  # (a vpmaddwd of (scale, 0) pairs measured slower)
     # chunk c: sub-block 2c low nibbles, 2c + 1 high (Q4_K and Q5_K share d, dmin and the scales' offsets)
     qs, fifth = (B.Q4_K_QS, False) if kind == "q4_k" else (B.Q5_K_QS, True)
     sc, mn = _k4_scales(builder, arr, at(B.Q4_K_SCALES))
@@ -343,59 +403,60 @@ def _k_block(builder, arr, kind, o, xo, bsv, isa):
                 u = builder.or_(u, builder.shl(_field(builder, high, 2 * c + half, 1), _splat(builder, 4, 32)))
             us.append(u)
         if wide:  # sub-blocks 2c and 2c + 1 are elements 64c .. 64c + 63: one step
-            scales = _repeat(builder, _shuffle(builder, sc, sc, [2 * c, 2 * c + 1]), 16)
-            acc = _scaled(builder, acc, _shuffle(builder, us[0], us[1], range(64)), xat(64 * c, V64x8), scales, isa)
+            scaled(_shuffle(builder, us[0], us[1], range(64)), 64 * c,
+                   _repeat(builder, _shuffle(builder, sc, sc, [2 * c, 2 * c + 1]), 16))
             continue
         for half in range(2):
             scale = builder.extract_element(sc, ir.Constant(I32, 2 * c + half))
             if isa in VNNI:
-                acc = _scaled(builder, acc, us[half], xat(64 * c + 32 * half), _splat(builder, scale, 16, I16), isa)
+                scaled(us[half], 64 * c + 32 * half, _splat(builder, scale, 16, I16))
             else:
-                acc = builder.add(acc, _madd_scaled(builder, us[half], xat(64 * c + 32 * half), scale, scale, isa))
-    pairs = builder.add(_shuffle(builder, bsv, bsv, range(0, 16, 2)), _shuffle(builder, bsv, bsv, range(1, 16, 2)))
-    return acc, builder.mul(mn, pairs)
+                madd_scaled(us[half], 64 * c + 32 * half, scale, scale)
+    if isa == "portable":
+        pairs = [builder.add(_shuffle(builder, bsv, bsv, range(0, 16, 2)), _shuffle(builder, bsv, bsv, range(1, 16, 2)))
+                 for bsv in bsvs]
+        return accs, [builder.mul(mn, p) for p in pairs]
+    # lane j = mn_j (bs_2j + bs_2j+1) as one vpmaddwd of the sums (exact in i16: |bs| <= 2048) and mn_j twice
+    mn2 = _repeat(builder, mn, 2)
+    return accs, [_pmaddwd(builder, builder.trunc(bsv, mn2.type), mn2) for bsv in bsvs]
 
 
 _K_SIZE = {"q4_k": B.Q4_K_SIZE, "q5_k": B.Q5_K_SIZE, "q6_k": B.Q6_K_SIZE}
 
 
 def _row_dot_k(kind, isa=ISA):
-    """Intrinsic (w, base, qx, dx, bs) -> float32 for a K-quant row at w[base:] against Q8_K activations:
+    """Intrinsics (_intrinsics) for a K-quant against Q8_K activations, sums = bs:
     qx int8 (n,), dx float32 (n // 256,), bs int32 (n // 16,) sums of qx per 16."""
+    fvec = lambda n: ir.VectorType(F32, n)  # noqa: E731
+    # VNNI variants: per-lane float accumulators (one conversion and FMA per block, lanes summed once per row, as
+    # ggml does) instead of two horizontal integer sums per block
+    n_acc = 16 if isa == "avx512vnni" else 8
+    n_min = 16 if kind == "q6_k" else 8
 
-    @intrinsic
-    def dot(typingctx, row, base, qx, dx, bs):
-        sig = types.float32(row, base, qx, dx, bs)
+    def core(builder, arr, base, toks):
+        zero = lambda n: cgutils.alloca_once_value(builder, ir.Constant(fvec(n), [0.0] * n))  # noqa: E731
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in toks]
+        acc_is, acc_ms = [zero(n_acc) for _ in toks], [zero(n_min) for _ in toks]
+        n_blocks = builder.sdiv(arr.cols(2), ir.Constant(I64, 256))
+        reduce = lambda v: builder.call(_fn(builder, f"llvm.vector.reduce.add.v{v.type.count}i32", I32,  # noqa
+                                            [v.type]), [v])
 
-        def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)
-            base = arr.int(1)
-            acc = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
-            n_blocks = builder.sdiv(arr.length(2), ir.Constant(I64, 256))
-            reduce = lambda v: builder.call(_fn(builder, f"llvm.vector.reduce.add.v{v.type.count}i32", I32,  # noqa
-                                                [v.type]), [v])
-            fvec = lambda n: ir.VectorType(F32, n)  # noqa: E731
-            # VNNI variants: per-lane float accumulators (one conversion and FMA per block, lanes summed once per
-            # row, as ggml does) instead of two horizontal integer sums per block
-            n_acc = 16 if isa == "avx512vnni" else 8
-            acc_i = cgutils.alloca_once_value(builder, ir.Constant(fvec(n_acc), [0.0] * n_acc))
-            n_min = 16 if kind == "q6_k" else 8
-            acc_m = cgutils.alloca_once_value(builder, ir.Constant(fvec(n_min), [0.0] * n_min))
+        def fma(a, v, f):  # a (alloca of a float vector) += v (int vector) * f (float scalar)
+            n = v.type.count
+            fn = _fn(builder, f"llvm.fmuladd.v{n}f32", fvec(n), [fvec(n)] * 3)
+            builder.store(builder.call(fn, [builder.sitofp(v, fvec(n)), _splat(builder, f, n, F32),
+                                            builder.load(a)]), a)
 
-            def fma(a, v, f):  # a (alloca of a float vector) += v (int vector) * f (float scalar)
-                n = v.type.count
-                fn = _fn(builder, f"llvm.fmuladd.v{n}f32", fvec(n), [fvec(n)] * 3)
-                builder.store(builder.call(fn, [builder.sitofp(v, fvec(n)), _splat(builder, f, n, F32),
-                                                builder.load(a)]), a)
-
-            with cgutils.for_range(builder, n_blocks) as loop:  # hot loop
-                ib = loop.index
-                o = builder.add(base, builder.mul(ib, ir.Constant(I64, _K_SIZE[kind])))
-                bsv = arr.load(4, builder.mul(ib, ir.Constant(I64, 16)), ir.VectorType(I32, 16))
-                iv, mv = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsv, isa)
-                dxb = arr.load(3, ib, F32)
+        with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: a block unpacked once, then each token
+            ib = loop.index
+            o = builder.add(base, builder.mul(ib, ir.Constant(I64, _K_SIZE[kind])))
+            bsvs = [tok.load(4, builder.mul(ib, ir.Constant(I64, 16)), ir.VectorType(I32, 16)) for tok in toks]
+            ivs, mvs = _k_block(builder, arr, kind, o, builder.mul(ib, ir.Constant(I64, 256)), bsvs, isa, toks)
+            half = lambda k: _half(builder, arr, 0, builder.add(o, ir.Constant(I64, k)))  # noqa: E731
+            d, dmin = (half(B.Q6_K_D), None) if kind == "q6_k" else (half(B.Q4_K_D), half(B.Q4_K_DMIN))
+            for tok, acc, acc_i, acc_m, iv, mv in zip(toks, accs, acc_is, acc_ms, ivs, mvs, strict=True):
+                dxb = tok.load(3, ib, F32)
                 if kind == "q6_k":
-                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q6_K_D)))
                     if isa in VNNI:
                         fma(acc_i, iv, builder.fmul(d, dxb))
                         fma(acc_m, mv, builder.fmul(ir.Constant(F32, 32.0), builder.fmul(d, dxb)))
@@ -404,35 +465,33 @@ def _row_dot_k(kind, isa=ISA):
                         term = builder.fmul(builder.fmul(d, dxb), builder.sitofp(
                             builder.sub(isum, builder.mul(msum, ir.Constant(I32, 32))), F32))
                         builder.store(builder.fadd(builder.load(acc), term), acc)
+                elif isa in VNNI:
+                    fma(acc_i, iv, builder.fmul(d, dxb))
+                    fma(acc_m, mv, builder.fmul(dmin, dxb))
                 else:
-                    d = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_D)))
-                    dmin = _half(builder, arr, 0, builder.add(o, ir.Constant(I64, B.Q4_K_DMIN)))
-                    if isa in VNNI:
-                        fma(acc_i, iv, builder.fmul(d, dxb))
-                        fma(acc_m, mv, builder.fmul(dmin, dxb))
-                    else:
-                        isum, msum = reduce(iv), reduce(mv)
-                        term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
-                                                              builder.fmul(dmin, builder.sitofp(msum, F32))))
-                        builder.store(builder.fadd(builder.load(acc), term), acc)
-            if isa not in VNNI:
-                return builder.load(acc)
-            fsum = lambda a, n: builder.call(_fn(builder, f"llvm.vector.reduce.fadd.v{n}f32", F32,  # noqa: E731
-                                                 [F32, fvec(n)]), [ir.Constant(F32, 0.0), builder.load(a)])
-            return builder.fsub(fsum(acc_i, n_acc), fsum(acc_m, n_min))
+                    isum, msum = reduce(iv), reduce(mv)
+                    term = builder.fmul(dxb, builder.fsub(builder.fmul(d, builder.sitofp(isum, F32)),
+                                                          builder.fmul(dmin, builder.sitofp(msum, F32))))
+                    builder.store(builder.fadd(builder.load(acc), term), acc)
+        if isa not in VNNI:
+            return [builder.load(acc) for acc in accs]
+        fsum = lambda a, n: builder.call(_fn(builder, f"llvm.vector.reduce.fadd.v{n}f32", F32,  # noqa: E731
+                                             [F32, fvec(n)]), [ir.Constant(F32, 0.0), builder.load(a)])
+        return [builder.fsub(fsum(acc_i, n_acc), fsum(acc_m, n_min))
+                for acc_i, acc_m in zip(acc_is, acc_ms, strict=True)]
 
-        return sig, codegen
-
-    return dot
+    return _intrinsics(core)
 
 
-dot_row_q4_k, dot_row_q5_k, dot_row_q6_k = (_row_dot_k(k) for k in ("q4_k", "q5_k", "q6_k"))
+(dot_row_q4_k, dot_rows_q4_k), (dot_row_q5_k, dot_rows_q5_k), (dot_row_q6_k, dot_rows_q6_k) = (
+    _row_dot_k(k) for k in ("q4_k", "q5_k", "q6_k"))
 
 
-def row_dot_intrinsic(kind: str, isa: str):
+def row_dot_intrinsic(kind: str, isa: str, tokens: bool = False):
     """The row-dot intrinsic of `kind` ("q8_0" ... "iq4_nl", "q4_k", "q5_k", "q6_k") emitted for variant `isa`
-    (tests compare the variants the host runs)."""
-    return _row_dot_k(kind, isa) if kind in _K_SIZE else _row_dot_32(**_ROW_32[kind], isa=isa)
+    (tests compare the variants the host runs): the one-token `dot`, or with `tokens` the several-token `dots`."""
+    pair = _row_dot_k(kind, isa) if kind in _K_SIZE else _row_dot_32(**_ROW_32[kind], isa=isa)
+    return pair[1] if tokens else pair[0]
 
 
 @intrinsic
