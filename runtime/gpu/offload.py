@@ -18,7 +18,7 @@ from .placement import Placement, place
 
 class GPUOffload:
     def __init__(self, model, n_gpu_layers: int, device: target.DeviceInfo):
-        """model: a Model whose layers are all still on the CPU; `device` from runtime.gpu.open_gpu."""
+        """model: a Model whose layers are all still on the CPU; device: the opened GPU (target.open_device)."""
         c = model.config
         self.device, self.config = device, c
         self.placement: Placement = place(c.n_layer, n_gpu_layers)
