@@ -36,7 +36,8 @@ setup(
             "openai>=1.30", "httpx",  # the server's tests talk to it through the official client, and raw HTTP
             "selenium>=4.20",  # the chat page in a headless Chromium (Debian's chromium, chromium-driver)
             "pillow",  # a screenshot of tools/chat_window.py under Xvfb
-            "numba-cuda==0.30.4",  # its simulator runs the GPU kernels' tests on the CPU (tests/cuda_env.py),
+            "numba-cuda[cu12]==0.30.4",  # its simulator runs the GPU kernels' tests on the CPU (tests/cuda_env.py);
+            # cu12 brings NVRTC and libNVVM, with which tests/test_cuda_ptx.py compiles every kernel to PTX
             "greenlet",  # as greenlets, 60x faster than its threads
         ],
         # GPU offload (-ngl): numba-cuda with the CUDA 12 runtime, NVRTC and libNVVM from PyPI (drivers >= 525);
