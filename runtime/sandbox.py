@@ -33,15 +33,23 @@ class TemplateBoundError(Exception):
     """A template exceeded a bound (the message says which) or raised."""
 
 
-def _size(x, depth: int = 2) -> int:
-    """Items a value holds: characters of a string, elements (and, two levels down, their sizes) of containers."""
+def _tally(x, depth: int = 2, *, of_str, of_other: int) -> int:
+    """A count over a value: of_str(s) for a string, of_other for anything else, a container's length plus (two levels
+    down) its elements' counts."""
     if isinstance(x, str):
-        return len(x)
+        return of_str(x)
     if isinstance(x, dict):
         x = list(x.items())
     if isinstance(x, (list, tuple)):
-        return len(x) + (sum(_size(e, depth - 1) for e in x) if depth > 0 else 0)
-    return 1
+        return len(x) + (sum(_tally(e, depth - 1, of_str=of_str, of_other=of_other) for e in x) if depth > 0 else 0)
+    return of_other
+
+
+# items a value holds: characters of a string, elements (and, two levels down, their sizes) of containers
+_size = functools.partial(_tally, of_str=len, of_other=1)
+# places where an int argument can repeat itself: line breaks and tabs of strings, items of containers
+# (`indent(width)`, `expandtabs(n)`, `tojson(indent=n)`)
+_breaks = functools.partial(_tally, of_str=lambda s: s.count("\n") + s.count("\t"), of_other=0)
 
 
 class _Budget:
@@ -70,18 +78,6 @@ class _Budget:
 def _widths(fmt) -> int:
     """The largest number written in a format string (a field width such as '%999999999d' or '{:>999999999}')."""
     return max((int(d) for d in _DIGITS.findall(fmt)), default=0) if isinstance(fmt, str) else 0
-
-
-def _breaks(x, depth: int = 2) -> int:
-    """Places where an int argument can repeat itself: line breaks and tabs of strings, items of containers
-    (`indent(width)`, `expandtabs(n)`, `tojson(indent=n)`)."""
-    if isinstance(x, str):
-        return x.count("\n") + x.count("\t")
-    if isinstance(x, dict):
-        x = list(x.items())
-    if isinstance(x, (list, tuple)):
-        return len(x) + (sum(_breaks(e, depth - 1) for e in x) if depth > 0 else 0)
-    return 0
 
 
 def _estimate(args, kwargs, owner=None, name: str = "") -> int:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_gguf  # noqa: E402
 
 from runtime import LLM, LlambaError  # noqa: E402
+from runtime.eval.timing import peak_rss_bytes  # noqa: E402
 
 
 class Hang(Exception):
@@ -71,12 +72,6 @@ def mutate(base: bytes, fields: list, header_end: int, rng: random.Random) -> tu
         for _ in range(rng.randint(1, 8)):
             blob[rng.randrange(end)] = rng.randrange(256)
     return kind, bytes(blob)
-
-
-def _peak_rss() -> int:
-    """This process image's peak RSS in bytes: VmHWM (ru_maxrss would carry the forking parent's over exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def run_one(path) -> None:
@@ -126,7 +121,7 @@ def main(argv=None) -> dict:
                                  "trace": traceback.format_exc()[-1500:]})
             finally:
                 signal.alarm(0)
-    peak = _peak_rss()
+    peak = peak_rss_bytes()  # VmHWM: ru_maxrss would carry the forking parent's peak over exec
     return {"seed": args.seed, "cases": sum(kinds.values()), "counts": counts, "kinds": kinds,
             "peak_rss_mib": round(peak / 2**20), "failures": failures}
 

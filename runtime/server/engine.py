@@ -80,8 +80,9 @@ class Engine:
         finally:
             await results.aclose()
 
-    def embed(self, texts) -> dict:
-        """The LLM's create_embedding, its forward passes between the sessions' (they share the model's buffers)."""
+    def embed(self, texts, cancel=None) -> dict:
+        """The LLM's create_embedding, its forward passes between the sessions' (they share the model's buffers);
+        `cancel` (from `call`) is not checked: a batch of embeddings runs to its end."""
         with self.scheduler.model_lock:
             return self.llm.create_embedding(texts)
 
