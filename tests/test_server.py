@@ -144,6 +144,17 @@ def test_json_schema(server):
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
 
+def test_embeddings(server, llm):
+    import numpy as np
+
+    out = server.client().embeddings.create(model="x", input=["a cat", "a dog"])
+    got = np.array([d.embedding for d in out.data])  # (2, n_embd)
+    np.testing.assert_allclose(got, llm.embed(["a cat", "a dog"]), atol=1e-5)
+    assert out.usage.prompt_tokens > 0 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    plain = httpx.post(server.url + "/v1/embeddings", json={"input": "a cat", "encoding_format": "float"}).json()
+    np.testing.assert_allclose(plain["data"][0]["embedding"], got[0], atol=1e-6)  # the client decoded base64
+
+
 def test_tokenize_detokenize(server, llm):
     ids = httpx.post(server.url + "/tokenize", json={"content": "Hello world"}).json()["tokens"]
     assert ids == llm.tokenize("Hello world", add_bos=False)

@@ -7,12 +7,14 @@ disconnects cancels its sequence. Errors are `{"error": {"message", "type", "par
 requests; an unexpected failure is a 500 of the same shape, its traceback only in the server's log.
 """
 
+import base64
 import json
 import logging
 import secrets
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -106,7 +108,10 @@ def create_app(engine: Engine, api_key: str | None = None, cors_origin: str | No
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        result = await engine.call(lambda texts, cancel: engine.embed(texts), body.input)
+        result = await engine.call(engine.embed, body.input)
+        if body.encoding_format == "base64":
+            for item in result["data"]:
+                item["embedding"] = base64.b64encode(np.asarray(item["embedding"], "<f4").tobytes()).decode()
         return {**result, "model": model_id}
 
     @app.post("/tokenize")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..completions import SAMPLING
+
 MAX_STOPS = 16
 
 
@@ -62,9 +64,7 @@ class _Request(BaseModel):
 
     def sampling(self) -> dict:
         """The sampling keywords given (the call's own defaults stand for the others)."""
-        names = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
-                 "seed", "logit_bias")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in (*SAMPLING, "logit_bias") if getattr(self, k) is not None}
 
 
 class TextPart(BaseModel):
@@ -149,7 +149,7 @@ class EmbeddingRequest(BaseModel):
 
     input: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"  # base64: float32 little-endian (the openai client's default)
 
     @field_validator("input")
     @classmethod
