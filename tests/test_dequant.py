@@ -76,14 +76,20 @@ def test_many_blocks_threaded(rng, qtype):
     assert_same(dequantize(raw, qtype, n_cols), oracle(raw, qtype))
 
 
-@pytest.mark.parametrize("qtype", list(FP16_SCALES), ids=lambda t: t.name)
-def test_special_scales(rng, qtype):
-    """Every pair of special fp16 values in the scale fields (d, and m/dmin where the type has one)."""
+def special_scale_blocks(rng, qtype) -> tuple:
+    """(raw, n_cols): one random block per combination of special fp16 values in the type's scale fields."""
     offsets = FP16_SCALES[qtype]
     combos = np.array(np.meshgrid(*[SPECIAL_HALVES] * len(offsets))).reshape(len(offsets), -1).T  # (n, n_fields)
     raw, n_cols = random_raw(rng, qtype, (len(combos),), 1)
     for field, at in enumerate(offsets):
         raw[:, at:at + 2] = combos[:, field].astype("<u2").view(np.uint8).reshape(-1, 2)
+    return raw, n_cols
+
+
+@pytest.mark.parametrize("qtype", list(FP16_SCALES), ids=lambda t: t.name)
+def test_special_scales(rng, qtype):
+    """Every pair of special fp16 values in the scale fields (d, and m/dmin where the type has one)."""
+    raw, n_cols = special_scale_blocks(rng, qtype)
     ours = dequantize(raw, qtype, n_cols)
     assert_same(ours, oracle(raw, qtype))
     assert np.isnan(ours).any() and np.isinf(ours).any()  # the cases really reach the output

@@ -4,7 +4,7 @@ blocks of every weight type, special scales included (NaN == NaN)."""
 import numpy as np
 import pytest
 from numba import njit
-from test_dequant import FP16_SCALES, SPECIAL_HALVES, assert_same, oracle, random_raw
+from test_dequant import FP16_SCALES, assert_same, oracle, random_raw, special_scale_blocks
 
 from quant.quads import QUAD_BLOCKS, QUADS
 
@@ -34,9 +34,5 @@ def test_random_blocks(rng, qtype):
 
 @pytest.mark.parametrize("qtype", list(FP16_SCALES), ids=lambda t: t.name)
 def test_special_scales(rng, qtype):
-    offsets = FP16_SCALES[qtype]
-    combos = np.array(np.meshgrid(*[SPECIAL_HALVES] * len(offsets))).reshape(len(offsets), -1).T  # (n, n_fields)
-    raw, n_cols = random_raw(rng, qtype, (len(combos),), 1)
-    for field, at in enumerate(offsets):
-        raw[:, at:at + 2] = combos[:, field].astype("<u2").view(np.uint8).reshape(-1, 2)
+    raw, n_cols = special_scale_blocks(rng, qtype)
     assert_same(decode(raw, qtype, n_cols), oracle(raw, qtype))
