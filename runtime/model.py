@@ -11,6 +11,7 @@ from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
 from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear
+from .threads import on_kernel_thread
 
 DEFAULT_MAX_CTX = 4096
 UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
@@ -224,10 +225,13 @@ class Model:
         """Logits (n_vocab,) float32 of the last token, or (n, n_vocab) of every token if all_logits; with hidden,
         the final hidden states (n, n_embd) of every token after the output norm (what embeddings pool), no head.
         Writes the tokens' K/V at positions pos.. of `cache` (from new_cache()) and attends over its 0..pos-1."""
-        with np.errstate(all="ignore"):  # overflow shows as non-finite logits, reported by _head
-            return self._forward(self._check(tokens, pos, cache), pos, cache, all_logits, hidden)
+        return on_kernel_thread(self._forward, self._check(tokens, pos, cache), pos, cache, all_logits, hidden)
 
     def _forward(self, tokens, pos, cache, all_logits, hidden) -> np.ndarray:
+        with np.errstate(all="ignore"):  # overflow shows as non-finite logits, reported by _head
+            return self._layers(tokens, pos, cache, all_logits, hidden)
+
+    def _layers(self, tokens, pos, cache, all_logits, hidden) -> np.ndarray:
         n, every = tokens.size, all_logits or hidden
         out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
@@ -255,6 +259,9 @@ class Model:
             raise LlambaError(f"forward_batch takes 1..{BLAS_MIN_TOKENS - 1} tokens, one position and cache each")
         for t, p, cache in zip(tokens, positions, caches, strict=True):
             self._check(t[None], p, cache)
+        return on_kernel_thread(self._step, tokens, positions, caches)
+
+    def _step(self, tokens, positions, caches) -> np.ndarray:
         b = self._buffers_for(tokens.size)
         logits = np.empty((tokens.size, self.n_vocab), np.float32)
         with np.errstate(all="ignore"):
@@ -288,7 +295,10 @@ class Model:
         """Compile (or load) every kernel this model runs, before the first token: see runtime/warmup.py."""
         from .warmup import warmup
 
-        return warmup(self, progress) + (self.gpu.warmup(self.n_ctx) if self.gpu is not None else 0)
+        def run():
+            return warmup(self, progress) + (self.gpu.warmup(self.n_ctx) if self.gpu is not None else 0)
+
+        return on_kernel_thread(run)
 
 
 def nonfinite_tensors(gguf: GGUFFile) -> str:
