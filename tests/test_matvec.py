@@ -213,9 +213,11 @@ def _variant_rows(kind, variant):
     return rows
 
 
-def _run_variant(rows, raw, qx, dx, bs, xs, k_quant):
+def _run_variant(rows, raw, qx, dx, bs, xs, kind):
+    from quant.kernels import simd
+
     out = np.empty(raw.shape[0], np.float32)
-    rows(raw.reshape(-1), raw.shape[1], qx, dx, bs if k_quant else xs, out)
+    rows(raw.reshape(-1), raw.shape[1], qx, dx, xs if kind in simd.TAKE_XS else bs, out)
     return out
 
 
@@ -251,8 +253,8 @@ def test_isa_variants_give_identical_integer_sums(kind):
         results = {}
         for v in variants:
             rows = _variant_rows(kind, v)
-            results[v] = _run_variant(rows, unit, qx, dx, bs, xs, k_quant)
-            y = _run_variant(rows, raw, aq[0][0], aq[1][0], aq[2][0], aq[3][0], k_quant)
+            results[v] = _run_variant(rows, unit, qx, dx, bs, xs, kind)
+            y = _run_variant(rows, raw, aq[0][0], aq[1][0], aq[2][0], aq[3][0], kind)
             assert rel_err(y[None], W, dequant_q8(qtype, X)) < FLOAT_TOL, (v, n_cols)
         for v in variants:
             np.testing.assert_array_equal(results[v], results["portable"], err_msg=f"{kind} {v} n={n_cols}")
@@ -261,8 +263,8 @@ def test_isa_variants_give_identical_integer_sums(kind):
 # ---- several tokens per weight row (simd's `dots`, int_dot.row_dots): the same bits as one token at a time
 
 def _variant_token_groups(kind, variant):
-    """A jitted loop over rows calling the several-token intrinsic of `kind` for `variant` on tokens 4, then 2,
-    then 1 at a time (int_path._matmul's grouping, and a tuple of one)."""
+    """A jitted loop over rows calling the several-token intrinsic of `kind` for `variant` on tokens 4 at a time,
+    then 3, 2 or 1 (int_path._matmul's grouping, and a tuple of one)."""
     from numba import njit
 
     from quant.kernels import simd
@@ -277,6 +279,9 @@ def _variant_token_groups(kind, variant):
             while k + 4 <= n_tok:
                 dots(w, r * row_bytes, qx, dx, sums, (k, k + 1, k + 2, k + 3), out, r)
                 k += 4
+            if k + 3 == n_tok:
+                dots(w, r * row_bytes, qx, dx, sums, (k, k + 1, k + 2), out, r)
+                k += 3
             if k + 2 <= n_tok:
                 dots(w, r * row_bytes, qx, dx, sums, (k, k + 1), out, r)
                 k += 2
@@ -288,10 +293,11 @@ def _variant_token_groups(kind, variant):
 
 @pytest.mark.parametrize("kind", list(INT_KINDS))
 def test_several_tokens_equal_one_token_bitwise(kind):
-    """Every variant the host runs: a weight row against 1..15 tokens (groups of 4, 2, 1) gives exactly the bits of
+    """Every variant the host runs: a weight row against 1..15 tokens (groups of 4, 3, 2, 1) gives exactly the bits of
     the one-token row dot per token (the server's batched decode equals a single decode)."""
     from quant.activation import quantize_activations
     from quant.jit import isa
+    from quant.kernels import simd
 
     qtype = INT_KINDS[kind]
     k_quant = type_info(qtype).block_size == 256
@@ -300,10 +306,10 @@ def test_several_tokens_equal_one_token_bitwise(kind):
     raw = random_raw(rng, qtype, 11, n_cols)
     X = rng.standard_normal((15, n_cols), np.float32) * rng.uniform(0.1, 10, (15, 1)).astype(np.float32)
     qx, dx, bs, xs = quantize_activations(X, type_info(qtype).block_size)
-    sums = bs if k_quant else xs
+    sums = xs if kind in simd.TAKE_XS else bs
     for v in isa.supported():
         one, many = _variant_rows(kind, v), _variant_token_groups(kind, v)
-        want = np.stack([_run_variant(one, raw, qx[k], dx[k], bs[k], xs[k], k_quant) for k in range(15)])
+        want = np.stack([_run_variant(one, raw, qx[k], dx[k], bs[k], xs[k], kind) for k in range(15)])
         for n_tok in range(1, 16):
             got = np.full((n_tok, raw.shape[0]), np.nan, np.float32)
             many(raw.reshape(-1), raw.shape[1], qx[:n_tok], dx[:n_tok], sums[:n_tok], got)
@@ -316,7 +322,7 @@ def test_matmul_rows_equal_matvec_bitwise(cases, qtype):
     raw, W, X = cases[qtype]
     for path in ("float", "int"):
         m = QMatrix(raw, qtype, W.shape[1], path=path)
-        for n_tok in (2, 5, 7, BLAS_MIN_TOKENS - 1):
+        for n_tok in (2, 3, 5, 7, BLAS_MIN_TOKENS - 1):
             y = m.matmul(X[:n_tok])
             assert np.array_equal(y, np.stack([m.matvec(x) for x in X[:n_tok]])), (path, n_tok)
 

@@ -5,8 +5,8 @@ array (so the kernels index the weight matrix without a view per row), qx int8 (
 bs int32 sums of qx per 16, xs float32 scaled sums per 32 (Q8_0 activations); it returns the float32 dot.
 The 32-element integer dots are the vector intrinsics of simd.py; a block's integer sums (sub-block scales
 applied as integers, as ggml does) are scaled by the weight's and the activation's float scales once per
-block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) and minimums go through the activation sums:
-sum((q - c) x) = sum(q x) - c sum(x).
+block. Constant offsets (Q4_0's -8, Q6_K's -32 ...) go through the integer sums of x, sum((q - c) x) =
+sum(q x) - c sum(x), where the instructions want unsigned quants; minimums through the scaled sums xs.
 """
 
 import numpy as np
@@ -66,19 +66,19 @@ def row_dot(code, row, base, qx, dx, bs, xs):
     if code == GGMLType.Q6_K:
         return simd.dot_row_q6_k(row, base, qx, dx, bs)
     if code == GGMLType.Q8_0:
-        return simd.dot_row_q8_0(row, base, qx, dx, xs)
+        return simd.dot_row_q8_0(row, base, qx, dx, bs)
     if code == GGMLType.Q5_0:
-        return simd.dot_row_q5_0(row, base, qx, dx, xs)
+        return simd.dot_row_q5_0(row, base, qx, dx, bs)
     if code == GGMLType.Q4_1:
         return simd.dot_row_q4_1(row, base, qx, dx, xs)
     if code == GGMLType.Q4_0:
-        return simd.dot_row_q4_0(row, base, qx, dx, xs)
+        return simd.dot_row_q4_0(row, base, qx, dx, bs)
     if code == GGMLType.Q5_1:
         return simd.dot_row_q5_1(row, base, qx, dx, xs)
     if code == GGMLType.Q5_K:
         return simd.dot_row_q5_k(row, base, qx, dx, bs)
     if code == GGMLType.IQ4_NL:
-        return simd.dot_row_iq4_nl(row, base, qx, dx, xs)
+        return simd.dot_row_iq4_nl(row, base, qx, dx, bs)
     if code == GGMLType.Q2_K:
         return dot_q2_k(row, base, qx, dx, bs, xs)
     return dot_q3_k(row, base, qx, dx, bs, xs)
@@ -94,18 +94,18 @@ def row_dots(code, row, base, qx, dx, bs, xs, ks, out, r):
     if code == GGMLType.Q6_K:
         return simd.dot_rows_q6_k(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.Q8_0:
-        return simd.dot_rows_q8_0(row, base, qx, dx, xs, ks, out, r)
+        return simd.dot_rows_q8_0(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.Q5_0:
-        return simd.dot_rows_q5_0(row, base, qx, dx, xs, ks, out, r)
+        return simd.dot_rows_q5_0(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.Q4_1:
         return simd.dot_rows_q4_1(row, base, qx, dx, xs, ks, out, r)
     if code == GGMLType.Q4_0:
-        return simd.dot_rows_q4_0(row, base, qx, dx, xs, ks, out, r)
+        return simd.dot_rows_q4_0(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.Q5_1:
         return simd.dot_rows_q5_1(row, base, qx, dx, xs, ks, out, r)
     if code == GGMLType.Q5_K:
         return simd.dot_rows_q5_k(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.IQ4_NL:
-        return simd.dot_rows_iq4_nl(row, base, qx, dx, xs, ks, out, r)
+        return simd.dot_rows_iq4_nl(row, base, qx, dx, bs, ks, out, r)
     for k in ks:
         out[k, r] = row_dot(code, row, base, qx[k], dx[k], bs[k], xs[k])

@@ -74,11 +74,14 @@ def _matmul(raw, code, qx, dx, bs, xs, out):
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
             # hot loop: the row against TOKENS tokens at a time (a block unpacked once, in registers for all of
-            # them), then 2 and 1 for the rest; every output the same bits as the token's row_dot alone
+            # them), then 3, 2 or 1 for the rest; every output the same bits as the token's row_dot alone
             base, k = r * raw.shape[1], 0
             while k + TOKENS <= n_tok:
                 row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
                 k += TOKENS
+            if k + 3 == n_tok:
+                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2), out, r)
+                k += 3
             if k + 2 <= n_tok:
                 row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
                 k += 2

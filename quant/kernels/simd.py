@@ -85,10 +85,13 @@ class _Arrays:
     def int(self, i):
         return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
 
+    def ptr(self, i, offset):
+        """The address of element `offset` of array i."""
+        return self.builder.gep(self.data(i), [offset])
+
     def load(self, i, offset, t):
         """A scalar or vector of type t at byte/element `offset` of array i (unaligned)."""
-        ptr = self.builder.gep(self.data(i), [offset])
-        return self.builder.load(self.builder.bitcast(ptr, t.as_pointer()), align=1)
+        return self.builder.load(self.builder.bitcast(self.ptr(i, offset), t.as_pointer()), align=1)
 
 
 class _Token:
@@ -98,10 +101,13 @@ class _Token:
     def __init__(self, arrays, k=None):
         self.arrays, self.k = arrays, k
 
-    def load(self, i, offset, t):
+    def ptr(self, i, offset):
         if self.k is not None:
             offset = self.arrays.builder.add(self.arrays.builder.mul(self.k, self.arrays.cols(i)), offset)
-        return self.arrays.load(i, offset, t)
+        return self.arrays.ptr(i, offset)
+
+    def load(self, i, offset, t):
+        return self.arrays.builder.load(self.arrays.builder.bitcast(self.ptr(i, offset), t.as_pointer()), align=1)
 
 
 def _half(builder, arrays, i, offset):
@@ -240,15 +246,44 @@ def _intrinsics(core):
     return dot, dots
 
 
+GROUP = 8  # blocks of a 32-block type whose integer sums are gathered into one vector for one float step
+
+
+def _fold(builder, a, b):
+    """a, b: vectors holding k rows of m lanes each (row-major, m even) -> one vector of the 2k rows (a's, then b's)
+    of m / 2 lanes: the sums of adjacent lanes. b None: a folded with itself into a vector half as wide."""
+    n = a.type.count
+    if b is None:
+        return builder.add(_shuffle(builder, a, a, range(0, n, 2)), _shuffle(builder, a, a, range(1, n, 2)))
+    return builder.add(_shuffle(builder, a, b, range(0, 2 * n, 2)), _shuffle(builder, a, b, range(1, 2 * n, 2)))
+
+
+def _row_sums(builder, vecs, rows):
+    """<rows x i32> whose lane r is the sum of row r, for `rows` rows of 8 lanes held by vecs (one row per 8-lane
+    vector, or two per 16-lane one): a transposing tree of lane-pair additions (7 of them for 8 vectors)."""
+    while len(vecs) > 1:
+        vecs = [_fold(builder, a, b) for a, b in zip(vecs[::2], vecs[1::2], strict=True)]
+    v = vecs[0]
+    while v.type.count > rows:
+        v = _fold(builder, v, None)
+    return v
+
+
 def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=ISA):
-    """Intrinsics (_intrinsics) for a 32-block type, sums = xs: block b is `size` bytes, fp16 d at 0, fp16 m at
-    offset m (or None), fifth bits at qh (or None), quants at qs (int8 bytes, or nibbles); value d (q - bias) [+ m],
-    or d table[q] with a table of 16 int8 levels.
-    qx int8 (n,), dx float32 (n // 32,), xs float32 (n // 32,) dx times the block's sum of qx (the minimums, and
-    on the VNNI variants the quants' offsets: sum((u - c) x) = sum(u x) - c sum(x) with u unsigned)."""
-    signed = int8 or bias > 0 or table is not None
+    """Intrinsics (_intrinsics) for a 32-block type: block b is `size` bytes, fp16 d at 0, fp16 m at offset m (or
+    None), fifth bits at qh (or None), quants at qs (int8 bytes, or nibbles); value d (q - bias) [+ m], or
+    d table[q] with a table of 16 int8 levels. qx int8 (n,), dx float32 (n // 32,); sums: for the types with a
+    minimum, xs float32 (n // 32,) dx times the block's sum of qx; for the others bs int32 (n // 16,) sums of qx
+    per 16 (the VNNI variants multiply unsigned quants u = q + c and take c sum(x) back from the integer sum).
+
+    Every variant computes each block's exact integer sum sum((q - bias) x) (or sum(table[q] x), sum(q x)), and
+    then the same float operations: per GROUP blocks, their sums gathered into one vector (_row_sums), converted and
+    multiplied by d dx into float lanes that accumulate block b % GROUP; lanes summed once per row. So every
+    variant gives the same bits, and a token's result does not depend on the tokens it runs beside."""
     offset = 128 if int8 or table is not None else bias  # VNNI: u = q + offset is vpdpbusd's unsigned operand
+    signed = offset > 0
     utable = None if table is None else [(int(v) + 128) & 255 for v in table]
+    wide = isa == "avx512vnni"  # two blocks (64 quants, contiguous in x) per vpdpbusd on 512-bit registers
 
     def quants(builder, arr, at):
         """32 x i8 of the block at `at`: signed values (AVX2, portable) or u8 values plus `offset` (VNNI)."""
@@ -263,37 +298,70 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
         return u
 
     def core(builder, arr, base, toks):
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(V8xF, [0.0] * 8)) for _ in toks]
-        acc_mins = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in toks]
-        fma = _fn(builder, "llvm.fmuladd.v8f32", V8xF, [V8xF] * 3)
-        n_blocks = builder.sdiv(arr.cols(2), ir.Constant(I64, 32))
+        fvec = ir.VectorType(F32, GROUP)
+        accs = [cgutils.alloca_once_value(builder, _zeros(fvec)) for _ in toks]
+        acc_mins = [cgutils.alloca_once_value(builder, _zeros(fvec)) for _ in toks]
+        fma = _fn(builder, f"llvm.fmuladd.v{GROUP}f32", fvec, [fvec] * 3)
+        c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
+        n_blocks = builder.sdiv(arr.cols(2), c64(32))
 
-        with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: a block unpacked once, then each token
-            ib = loop.index
-            o = builder.add(base, builder.mul(ib, ir.Constant(I64, size)))
-            at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-            u = quants(builder, arr, at)
-            d = _half(builder, arr, 0, o)
-            f = builder.fmul(ir.Constant(F32, -float(offset)), d) if isa in VNNI and offset else None
-            if m is not None:  # the side term: (the block's minimum, and -offset d on VNNI) times xs[ib]
-                mv = _half(builder, arr, 0, at(m))
-                f = mv if f is None else builder.fadd(f, mv)
+        def pad(v):  # a vector of n <= GROUP lanes, widened to GROUP with zeros
+            n = v.type.count
+            return v if n == GROUP else _shuffle(builder, v, _zeros(v.type), list(range(n)) + [n] * (GROUP - n))
+
+        def group(ib0, n):
+            """Blocks ib0 .. ib0 + n - 1 (n = GROUP, or fewer in a row's tail) into every token's accumulators,
+            block ib0 + j in lane j."""
+            us, d16, m16 = [], ir.Constant(ir.VectorType(I16, n), None), ir.Constant(ir.VectorType(I16, n), None)
+            for j in range(n):
+                o = builder.add(base, builder.mul(builder.add(ib0, c64(j)), c64(size)))
+                us.append(quants(builder, arr, lambda k, o=o: builder.add(o, c64(k))))
+                d16 = builder.insert_element(d16, arr.load(0, o, I16), ir.Constant(I32, j))
+                if m is not None:
+                    m16 = builder.insert_element(m16, arr.load(0, builder.add(o, c64(m)), I16), ir.Constant(I32, j))
+            half = lambda v: pad(builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), n)),  # noqa: E731
+                                               ir.VectorType(F32, n)))
+            d, f = half(d16), None if m is None else half(m16)
+            per = 2 if wide and n % 2 == 0 else 1  # blocks per integer vector
+            if per == 2:
+                us = [_shuffle(builder, a, b, range(64)) for a, b in zip(us[::2], us[1::2], strict=True)]
             for tok, acc, acc_min in zip(toks, accs, acc_mins, strict=True):
-                x = tok.load(2, builder.mul(ib, ir.Constant(I64, 32)), V32x8)
-                isum = _vnni(builder, "vpdpbusd", _zeros(V8x32), u, x) if isa in VNNI else \
-                    _madd(builder, u, x, signed, isa)
-                scale = builder.fmul(d, tok.load(3, ib, F32))
-                builder.store(builder.call(fma, [builder.sitofp(isum, V8xF), _splat(builder, scale, 8, F32),
+                vecs = []
+                for j, u in enumerate(us):
+                    x = tok.load(2, builder.mul(builder.add(ib0, c64(per * j)), c64(32)), u.type)
+                    vecs.append(_vnni(builder, "vpdpbusd", _zeros(ir.VectorType(I32, 8 * per)), u, x)
+                                if isa in VNNI else _madd(builder, u, x, signed, isa))
+                isum = pad(_row_sums(builder, vecs, n))  # (GROUP,) i32: block ib0 + j's sum of u x in lane j
+                if isa in VNNI and offset:  # minus offset * the block's sum of x (two sums of 16 each)
+                    bs = tok.load(4, builder.mul(ib0, c64(2)), ir.VectorType(I32, 2 * n))
+                    isum = builder.sub(isum, builder.mul(pad(_fold(builder, bs, None)),
+                                                         _splat(builder, offset, GROUP, I32)))
+                dx = pad(tok.load(3, ib0, ir.VectorType(F32, n)))
+                builder.store(builder.call(fma, [builder.sitofp(isum, fvec), builder.fmul(d, dx),
                                                  builder.load(acc)]), acc)
-                if f is not None:
-                    builder.store(builder.fadd(builder.load(acc_min), builder.fmul(f, tok.load(4, ib, F32))), acc_min)
-        reduce = _fn(builder, "llvm.vector.reduce.fadd.v8f32", F32, [F32, V8xF])
-        return [builder.fadd(builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc)]), builder.load(acc_min))
+                if f is not None:  # the minimums times xs = dx sum(x)
+                    xs = pad(tok.load(4, ib0, ir.VectorType(F32, n)))
+                    builder.store(builder.call(fma, [f, xs, builder.load(acc_min)]), acc_min)
+
+        n_full = builder.sdiv(n_blocks, c64(GROUP))
+        with cgutils.for_range(builder, n_full) as loop:  # hot loop: GROUP blocks, each unpacked once
+            group(builder.mul(loop.index, c64(GROUP)), GROUP)
+        ib = cgutils.alloca_once_value(builder, builder.mul(n_full, c64(GROUP)))
+        n = GROUP // 2
+        while n:  # the row's last n_blocks % GROUP blocks: groups of 4, 2 and 1
+            with builder.if_then(builder.icmp_signed("!=", builder.and_(n_blocks, c64(n)), c64(0))):
+                group(builder.load(ib), n)
+                builder.store(builder.add(builder.load(ib), c64(n)), ib)
+            n //= 2
+        reduce = _fn(builder, f"llvm.vector.reduce.fadd.v{GROUP}f32", F32, [F32, fvec])
+        return [builder.fadd(builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc)]),
+                             builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc_min)]))
                 for acc, acc_min in zip(accs, acc_mins, strict=True)]
 
     return _intrinsics(core)
 
 
+TAKE_XS = ("q4_1", "q5_1")  # 32-block kinds whose sums argument is xs (their minimums); the others take bs
 _ROW_32 = {"q8_0": dict(size=B.Q8_0_SIZE, qs=B.Q8_0_QS, int8=True),
            "q4_0": dict(size=B.Q4_0_SIZE, qs=B.Q4_0_QS, bias=8),
            "q4_1": dict(size=B.Q4_1_SIZE, qs=B.Q4_1_QS, m=B.Q4_1_M),
