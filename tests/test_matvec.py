@@ -237,7 +237,7 @@ def test_isa_variants_give_identical_integer_sums(kind):
     variants = isa.supported()
     assert variants[-1] == "portable" and isa.ISA in variants
     rng = np.random.default_rng(11)
-    for n_cols in ((256, 512) if k_quant else (32, 96, 352)):  # 1, 3 (odd: the 512-bit variant's tail) and 11 blocks
+    for n_cols in ((256, 512) if k_quant else (32, 96, 352, 480)):  # 1, 3, 11 and 15 blocks (tails of 1-7)
         raw = random_raw(rng, qtype, 9, n_cols)
         unit = raw.reshape(9, -1, type_info(qtype).type_size).copy()
         for off in FLOAT_FIELDS[qtype]:
@@ -250,14 +250,16 @@ def test_isa_variants_give_identical_integer_sums(kind):
         X = rng.standard_normal((1, n_cols), np.float32)
         aq = quantize_activations(X, type_info(qtype).block_size)
         W = oracle(raw, qtype)
-        results = {}
+        results, real = {}, {}
         for v in variants:
             rows = _variant_rows(kind, v)
             results[v] = _run_variant(rows, unit, qx, dx, bs, xs, kind)
-            y = _run_variant(rows, raw, aq[0][0], aq[1][0], aq[2][0], aq[3][0], kind)
-            assert rel_err(y[None], W, dequant_q8(qtype, X)) < FLOAT_TOL, (v, n_cols)
+            real[v] = _run_variant(rows, raw, aq[0][0], aq[1][0], aq[2][0], aq[3][0], kind)
+            assert rel_err(real[v][None], W, dequant_q8(qtype, X)) < FLOAT_TOL, (v, n_cols)
         for v in variants:
             np.testing.assert_array_equal(results[v], results["portable"], err_msg=f"{kind} {v} n={n_cols}")
+            if not k_quant:  # the same float operations on the same integer sums: the same bits at any scale
+                np.testing.assert_array_equal(real[v], real["portable"], err_msg=f"{kind} {v} n={n_cols}")
 
 
 # ---- several tokens per weight row (simd's `dots`, int_dot.row_dots): the same bits as one token at a time

@@ -11,19 +11,19 @@ intrinsic factory also takes the variant, so tests compare them in one process):
   avx2        vpmaddubsw (u8 x s8 -> s16 pairs; never saturates for |u| <= 128, |x| <= 127, or u <= 63) and
               vpmaddwd; signed quants use ggml's trick |u| x sign(u);
   avxvnni     32-block types: vpdpbusd on unsigned quants (signed ones offset by 128, Q4_0/Q5_0 unbiased), the
-              offsets taken back through the activation sums; K-quants: vpmaddubsw then vpdpwssd with the
-              sub-block scales (multiply and accumulate in one);
-  avx512vnni  K-quants on 512-bit registers: 64 quants (two sub-blocks) per instruction, per-lane float
-              accumulators (both VNNI variants); 32-block types as avxvnni (two blocks per zmm measured
-              0.85-1.07x of the 256-bit form: unpacking, not the multiply, bounds them);
+              offsets taken back from the integer sums through the activations' sums; K-quants: vpmaddubsw then
+              vpdpwssd with the sub-block scales (multiply and accumulate in one);
+  avx512vnni  on 512-bit registers: K-quants 64 quants (two sub-blocks) per instruction, per-lane float
+              accumulators (both VNNI variants); 32-block types two blocks per vpdpbusd;
   portable    plain widening multiplies, which any LLVM target compiles (also when Numba targets another CPU).
-All variants give identical integer sums per block (tests/test_matvec.py); the float accumulation of the
-32-block types differs in order only.
+All variants give identical integer sums per block (tests/test_matvec.py), and for the 32-block types the same
+float operations on them, so the same bits.
 
 Block offsets and the packed-field layouts are quant.blocks'; the unpackers here are their vector forms.
 The intrinsics keep these vectors in registers across a whole block or row and reduce once:
-  dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) with float32 vector
-                  accumulators (IQ4_NL: nibbles mapped to its int8 levels by a byte shuffle, vpshufb);
+  dot_row_32      a full row of a 32-block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): the exact integer sums of
+                  8 blocks gathered into one vector, then one float step for them (IQ4_NL: nibbles mapped to its
+                  int8 levels by a byte shuffle, vpshufb);
   dot_row_q4_k, dot_row_q5_k, dot_row_q6_k   a full row of a K-quant: per 256-block, the sub-block scales
                   (unpacked with vector ops) applied as integers, minimums / offsets through the activation sums;
   dot_bytes       one 32-element unit with two 16-element scales (Q2_K, Q3_K; AVX2 scheme on every x86 variant).
