@@ -2,22 +2,23 @@
 
 import os
 
+import numba
 import numpy as np
 
+import quant.matrix
 from quant import TYPES, GGMLType, QMatrix, blocks, dequantize
-from quant.matrix import BLAS_MIN_TOKENS
 
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
 from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear
-from .threads import on_kernel_thread
+from .threads import blas_threads, on_kernel_thread
 
 DEFAULT_MAX_CTX = 4096
 UBATCH = 512  # prompt tokens per pass: bounds the attention scores and activation buffers
 MATRIX_TYPES = frozenset(TYPES) - {GGMLType.Q8_K}  # Q8_K only quantizes activations
 # Kernel path of the output head. Unset: decode steps use the default path, and the last position of a prompt
-# batch of >= BLAS_MIN_TOKENS tokens (whose layers ran sgemm, float math) uses the float head, so the first
+# batch of >= Model.sgemm_tokens tokens (whose layers ran sgemm, float math) uses the float head, so the first
 # sampled token sees the logits LLM.logits() gives. LLAMBA_HEAD_KERNELS=float|int: that path for every call.
 HEAD_PATH = os.environ.get("LLAMBA_HEAD_KERNELS") or None
 
@@ -151,6 +152,7 @@ class Model:
         self.output, self.output_bias = c.output(w, self.tok_embd)  # (n_vocab, n_embd), (n_vocab,) or None
         if HEAD_PATH is not None:  # a view of the same blocks (a tied embedding's lookups do not use the path)
             self.output = QMatrix(self.output.raw, self.output.qtype, c.n_embd, path=HEAD_PATH)
+        self.sgemm_tokens = quant.matrix.sgemm_tokens(quant.matrix.DEFAULT_PATH)  # a prompt batch this long runs sgemm
         self.batch_output = (self.output if HEAD_PATH is not None  # the head of a long prompt's last position
                              else QMatrix(self.output.raw, self.output.qtype, c.n_embd, path="float"))
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
@@ -236,6 +238,7 @@ class Model:
         out = np.empty((n if every else 1, self.config.n_embd if hidden else self.n_vocab), np.float32)
         for i in range(0, n, UBATCH):
             chunk = tokens[i:i + UBATCH]
+            blas_threads(numba.get_num_threads() if chunk.size >= self.sgemm_tokens else 1)  # sgemm, or attention
             b = self._buffers_for(chunk.size)
             self.embed(chunk, pos + i, b.x)  # (m, n_embd)
             for il, layer in enumerate(self.layers):
@@ -247,21 +250,22 @@ class Model:
             elif all_logits:
                 self._head(b.x, b.h, out[i:i + chunk.size])
         if not every:  # a batch's last position takes the head on the path its layers ran (sgemm: float)
-            self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= BLAS_MIN_TOKENS else None)
+            self._head(b.x[-1:], b.h[:1], out, self.batch_output if chunk.size >= self.sgemm_tokens else None)
         return out if every else out[0]
 
     def forward_batch(self, tokens, positions, caches) -> np.ndarray:
         """Logits (m, n_vocab) of one decode step of m sequences: token i at positions[i] of caches[i] (continuous
         batching). The weights are read once for all of them; each row is computed exactly as forward() computes
-        one token alone, as long as m < BLAS_MIN_TOKENS (the scheduler splits larger batches)."""
+        one token alone, as long as m < sgemm_tokens (the scheduler splits larger batches)."""
         tokens = np.asarray(tokens, np.int32)
-        if not 0 < tokens.size < BLAS_MIN_TOKENS or len(positions) != tokens.size or len(caches) != tokens.size:
-            raise LlambaError(f"forward_batch takes 1..{BLAS_MIN_TOKENS - 1} tokens, one position and cache each")
+        if not 0 < tokens.size < self.sgemm_tokens or len(positions) != tokens.size or len(caches) != tokens.size:
+            raise LlambaError(f"forward_batch takes 1..{self.sgemm_tokens - 1} tokens, one position and cache each")
         for t, p, cache in zip(tokens, positions, caches, strict=True):
             self._check(t[None], p, cache)
         return on_kernel_thread(self._step, tokens, positions, caches)
 
     def _step(self, tokens, positions, caches) -> np.ndarray:
+        blas_threads(1)
         b = self._buffers_for(tokens.size)
         logits = np.empty((tokens.size, self.n_vocab), np.float32)
         with np.errstate(all="ignore"):

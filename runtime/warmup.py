@@ -21,7 +21,7 @@ import numpy as np
 from quant import QMatrix
 from quant.jit import cache as jit_cache
 from quant.jit import stamp
-from quant.matrix import BLAS_MIN_TOKENS, MatvecGroup
+from quant.matrix import MatvecGroup
 
 from .layers import KVCache, RoPE
 
@@ -94,7 +94,7 @@ def _marker(model):
 
 def _steps(model) -> list:
     """Callables, cheapest first, that together run every kernel of the forward pass."""
-    small, large = 2, max(BLAS_MIN_TOKENS, 3)  # a batch on each side of the sgemm threshold
+    small, large = 2, max(model.sgemm_tokens, 3)  # a batch on each side of the sgemm threshold
     rng = np.random.default_rng(0)
     steps = []
     kinds = {}  # (type, path) -> a few rows of one matrix of that kind

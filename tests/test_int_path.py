@@ -39,9 +39,9 @@ def case(request, model_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quant.matrix, "DEFAULT_PATH", "int")
         model = load_model(path, n_ctx=256)
-        # a batch of >= BLAS_MIN_TOKENS tokens multiplies dequantized tiles with sgemm (float math on either path):
-        # raised here, so that the prompt pass runs the integer matrix kernels, as short prompts do
-        mp.setattr(quant.matrix, "BLAS_MIN_TOKENS", len(ids) + 1)
+        # a batch of >= INT_BLAS_MIN_TOKENS tokens multiplies dequantized tiles with sgemm (float math): this prompt
+        # pass runs the integer matrix kernels, as prompts up to that length do
+        assert len(ids) < quant.matrix.INT_BLAS_MIN_TOKENS
         ours = model.forward(ids, 0, model.new_cache(), all_logits=True)  # (n, n_vocab)
     assert {layer.w.wq.path for layer in model.layers} == {"int"}
     return path, model, ids, ref, ours

@@ -15,7 +15,7 @@ from gguf.constants import GGMLQuantizationType
 
 from quant import QMatrix, QuantTypeError
 from quant.activation import quantize_q8_0, quantize_q8_k
-from quant.matrix import BLAS_MIN_TOKENS
+from quant.matrix import INT_BLAS_MIN_TOKENS
 from quant.types import GGMLType, type_info
 from runtime.gguf import GGUFFile
 
@@ -79,11 +79,11 @@ def test_matvec_matmul(cases, qtype, path):
     raw, W, X = cases[qtype]
     m = QMatrix(raw, qtype, W.shape[1], path=path)
     exact = path == "float" or qtype in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-    for n_tok in (1, 3, 17):
-        Xt = X[:n_tok]
+    for n_tok in (1, 3, 17, INT_BLAS_MIN_TOKENS):
+        Xt = X[np.arange(n_tok) % len(X)]
         y = m.matmul(Xt)
         assert y.shape == (n_tok, 37) and y.dtype == np.float32
-        if exact or n_tok >= BLAS_MIN_TOKENS:  # the int path's large batches: dequantized tiles and sgemm
+        if exact or n_tok >= INT_BLAS_MIN_TOKENS:  # the int path's large batches: dequantized tiles and sgemm
             assert rel_err(y, W, Xt) < FLOAT_TOL
         else:
             assert rel_err(y, W, dequant_q8(qtype, Xt)) < FLOAT_TOL  # integer dots exact
@@ -320,13 +320,14 @@ def test_several_tokens_equal_one_token_bitwise(kind):
 
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_matmul_rows_equal_matvec_bitwise(cases, qtype):
-    """QMatrix.matmul below BLAS_MIN_TOKENS: each token's row is exactly its matvec (every type, both paths)."""
+    """QMatrix.matmul below the sgemm switch: each token's row is exactly its matvec (every type, both paths)."""
     raw, W, X = cases[qtype]
     for path in ("float", "int"):
         m = QMatrix(raw, qtype, W.shape[1], path=path)
-        for n_tok in (2, 3, 5, 7, BLAS_MIN_TOKENS - 1):
-            y = m.matmul(X[:n_tok])
-            assert np.array_equal(y, np.stack([m.matvec(x) for x in X[:n_tok]])), (path, n_tok)
+        for n_tok in (2, 3, 5, 7, m.sgemm_tokens - 1):
+            Xt = X[np.arange(n_tok) % len(X)]
+            y = m.matmul(Xt)
+            assert np.array_equal(y, np.stack([m.matvec(x) for x in Xt])), (path, n_tok)
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])

@@ -325,16 +325,14 @@ class _Spy:
 
 
 def test_prompt_head_follows_the_batch_path_and_decode_stays_int(model_path):
-    """On the int path, decode steps take the int head; the last position of a prompt batch of >= 16 tokens (whose
-    layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives."""
-    import quant.matrix
-
+    """On the int path, decode steps take the int head; the last position of a prompt batch of >= sgemm_tokens
+    tokens (whose layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives."""
     path = model_path("smollm2-135m-instruct")
     with kernel_path("int"):
-        model = load_model(path, n_ctx=64)
+        model = load_model(path, n_ctx=320)
     assert model.output.path == "int" and model.batch_output.path == "float"
     assert model.output.raw is model.batch_output.raw or np.shares_memory(model.output.raw, model.batch_output.raw)
-    n = quant.matrix.BLAS_MIN_TOKENS + 4
+    n = model.sgemm_tokens + 4
     ids = np.arange(1000, 1000 + n + 1)
     kv = model.new_cache()
     full = model.forward(ids[:n], 0, kv, all_logits=True)  # (n, n_vocab): sgemm throughout, head included

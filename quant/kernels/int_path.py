@@ -65,28 +65,33 @@ def matvec_many(raws, codes, x, ys):
 
 
 TOKENS = 4  # tokens per several-token row dot (int_dot.row_dots): each weight block is unpacked once for them
+X_TILE = 16384  # bytes of quantized activations per token tile: they stay in L1 while a task's rows pass over them
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _matmul(raw, code, qx, dx, bs, xs, out):
-    """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T; each row is read once for all tokens."""
+    """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T. A task's rows are read from memory once, then from L2 for
+    each tile of tokens (X_TILE bytes of activations, at least TOKENS tokens), which stays in L1."""
     n, n_tok, w = raw.shape[0], qx.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
+    tile = max(TOKENS, X_TILE // qx.shape[1] // TOKENS * TOKENS)
     for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-            # hot loop: the row against TOKENS tokens at a time (a block unpacked once, in registers for all of
-            # them), then 3, 2 or 1 for the rest; every output the same bits as the token's row_dot alone
-            base, k = r * raw.shape[1], 0
-            while k + TOKENS <= n_tok:
-                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
-                k += TOKENS
-            if k + 3 == n_tok:
-                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2), out, r)
-                k += 3
-            if k + 2 <= n_tok:
-                row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
-                k += 2
-            if k < n_tok:
-                out[k, r] = row_dot(code, w, base, qx[k], dx[k], bs[k], xs[k])
+        for k0 in range(0, n_tok, tile):
+            k1 = min(n_tok, k0 + tile)
+            for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
+                # hot loop: the row against TOKENS tokens at a time (a block unpacked once, in registers for all
+                # of them), then 3, 2 or 1 for the rest; every output the same bits as the token's row_dot alone
+                base, k = r * raw.shape[1], k0
+                while k + TOKENS <= k1:
+                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
+                    k += TOKENS
+                if k + 3 == k1:
+                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2), out, r)
+                    k += 3
+                if k + 2 <= k1:
+                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
+                    k += 2
+                if k < k1:
+                    out[k, r] = row_dot(code, w, base, qx[k], dx[k], bs[k], xs[k])
 
 
 def matmul(raw, code, block, X, out):

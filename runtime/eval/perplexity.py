@@ -13,7 +13,7 @@ being measured (the integer path by default) with the float reference of the sam
 KL(reference || measured) per token with its mean, percentiles and maximum, the probability of the right
 token under both (delta p), how often both put the same token on top, and both perplexities.
 
-A batch of >= quant.matrix.BLAS_MIN_TOKENS tokens is multiplied by sgemm over dequantized tiles on either
+A batch of >= Model.sgemm_tokens tokens is multiplied by sgemm over dequantized tiles on either
 path, so scoring a chunk as one batch (plain perplexity) would compare float math with float math. The
 measured model therefore runs each chunk as generation does (`decode`, the default): its first n_ctx/2 + 1
 tokens as one prompt batch (whose last position is the first scored one), then every further position alone,

@@ -17,8 +17,6 @@ import time
 
 import numpy as np
 
-from quant.matrix import BLAS_MIN_TOKENS
-
 from ..generate import Context
 
 PREFILL_CHUNK = 256
@@ -101,8 +99,9 @@ class Scheduler:
         return []
 
     def _run(self, batch: list) -> None:
-        for i in range(0, len(batch), BLAS_MIN_TOKENS - 1):  # forward_batch's exact regime
-            group = batch[i:i + BLAS_MIN_TOKENS - 1]
+        size = self.model.sgemm_tokens - 1  # forward_batch's exact regime
+        for i in range(0, len(batch), size):
+            group = batch[i:i + size]
             tokens = np.array([s.token for s in group], np.int32)  # (m,)
             try:
                 with self.model_lock:
