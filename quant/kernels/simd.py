@@ -258,14 +258,18 @@ def _fold(builder, a, b):
     return builder.add(_shuffle(builder, a, b, range(0, 2 * n, 2)), _shuffle(builder, a, b, range(1, 2 * n, 2)))
 
 
-def _row_sums(builder, vecs, rows):
-    """<rows x i32> whose lane r is the sum of row r, for `rows` rows of 8 lanes held by vecs (one row per 8-lane
-    vector, or two per 16-lane one): a transposing tree of lane-pair additions (7 of them for 8 vectors)."""
-    while len(vecs) > 1:
-        vecs = [_fold(builder, a, b) for a, b in zip(vecs[::2], vecs[1::2], strict=True)]
+def _half_sums(builder, vecs):
+    """<2 rows x i32>: lanes 2r and 2r + 1 are the sums of the first and second half of row r, for rows of 8 lanes
+    held by vecs (one row per 8-lane vector, or two per 16-lane one): a transposing tree of lane-pair additions.
+    The halves are a 32-block's elements 0-15 and 16-31, so the activations' sums per 16 (bs) line up with them."""
+    m = 8  # lanes per row
+    while len(vecs) > 1 and m > 2:
+        vecs, m = [_fold(builder, a, b) for a, b in zip(vecs[::2], vecs[1::2], strict=True)], m // 2
+    while len(vecs) > 1:  # two lanes per row already: concatenate
+        vecs = [_shuffle(builder, a, b, range(2 * a.type.count)) for a, b in zip(vecs[::2], vecs[1::2], strict=True)]
     v = vecs[0]
-    while v.type.count > rows:
-        v = _fold(builder, v, None)
+    while m > 2:
+        v, m = _fold(builder, v, None), m // 2
     return v
 
 
@@ -276,9 +280,10 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
     minimum, xs float32 (n // 32,) dx times the block's sum of qx; for the others bs int32 (n // 16,) sums of qx
     per 16 (the VNNI variants multiply unsigned quants u = q + c and take c sum(x) back from the integer sum).
 
-    Every variant computes each block's exact integer sum sum((q - bias) x) (or sum(table[q] x), sum(q x)), and
-    then the same float operations: per GROUP blocks, their sums gathered into one vector (_row_sums), converted and
-    multiplied by d dx into float lanes that accumulate block b % GROUP; lanes summed once per row. So every
+    Every variant computes the exact integer sums sum((q - bias) x) (or sum(table[q] x), sum(q x)) per half block, and
+    then the same float operations: per GROUP blocks, their half-block sums gathered into one vector (_half_sums),
+    converted and multiplied by d dx into float lanes that accumulate block b % GROUP's halves; lanes summed once
+    per row. So every
     variant gives the same bits, and a token's result does not depend on the tokens it runs beside."""
     offset = 128 if int8 or table is not None else bias  # VNNI: u = q + offset is vpdpbusd's unsigned operand
     signed = offset > 0
@@ -298,20 +303,23 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
         return u
 
     def core(builder, arr, base, toks):
-        fvec = ir.VectorType(F32, GROUP)
-        accs = [cgutils.alloca_once_value(builder, _zeros(fvec)) for _ in toks]
+        fvec, hvec = ir.VectorType(F32, GROUP), ir.VectorType(F32, 2 * GROUP)  # per block, per half block
+        accs = [cgutils.alloca_once_value(builder, _zeros(hvec)) for _ in toks]
         acc_mins = [cgutils.alloca_once_value(builder, _zeros(fvec)) for _ in toks]
-        fma = _fn(builder, f"llvm.fmuladd.v{GROUP}f32", fvec, [fvec] * 3)
+        fma = {v.count: _fn(builder, f"llvm.fmuladd.v{v.count}f32", v, [v] * 3) for v in (fvec, hvec)}
         c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
         n_blocks = builder.sdiv(arr.cols(2), c64(32))
 
-        def pad(v):  # a vector of n <= GROUP lanes, widened to GROUP with zeros
+        def pad(v, lanes):  # a vector widened to `lanes` with zeros
             n = v.type.count
-            return v if n == GROUP else _shuffle(builder, v, _zeros(v.type), list(range(n)) + [n] * (GROUP - n))
+            return v if n == lanes else _shuffle(builder, v, _zeros(v.type), list(range(n)) + [n] * (lanes - n))
+
+        def twice(v):  # (GROUP,) -> (2 GROUP,): each lane for both halves of its block
+            return _shuffle(builder, v, v, [j // 2 for j in range(2 * GROUP)])
 
         def group(ib0, n):
             """Blocks ib0 .. ib0 + n - 1 (n = GROUP, or fewer in a row's tail) into every token's accumulators,
-            block ib0 + j in lane j."""
+            block ib0 + j's halves in lanes 2j, 2j + 1."""
             us, d16, m16 = [], ir.Constant(ir.VectorType(I16, n), None), ir.Constant(ir.VectorType(I16, n), None)
             for j in range(n):
                 o = builder.add(base, builder.mul(builder.add(ib0, c64(j)), c64(size)))
@@ -320,8 +328,8 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
                 if m is not None:
                     m16 = builder.insert_element(m16, arr.load(0, builder.add(o, c64(m)), I16), ir.Constant(I32, j))
             half = lambda v: pad(builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), n)),  # noqa: E731
-                                               ir.VectorType(F32, n)))
-            d, f = half(d16), None if m is None else half(m16)
+                                               ir.VectorType(F32, n)), GROUP)
+            d, f = twice(half(d16)), None if m is None else half(m16)
             per = 2 if wide and n % 2 == 0 else 1  # blocks per integer vector
             if per == 2:
                 us = [_shuffle(builder, a, b, range(64)) for a, b in zip(us[::2], us[1::2], strict=True)]
@@ -331,17 +339,16 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
                     x = tok.load(2, builder.mul(builder.add(ib0, c64(per * j)), c64(32)), u.type)
                     vecs.append(_vnni(builder, "vpdpbusd", _zeros(ir.VectorType(I32, 8 * per)), u, x)
                                 if isa in VNNI else _madd(builder, u, x, signed, isa))
-                isum = pad(_row_sums(builder, vecs, n))  # (GROUP,) i32: block ib0 + j's sum of u x in lane j
-                if isa in VNNI and offset:  # minus offset * the block's sum of x (two sums of 16 each)
-                    bs = tok.load(4, builder.mul(ib0, c64(2)), ir.VectorType(I32, 2 * n))
-                    isum = builder.sub(isum, builder.mul(pad(_fold(builder, bs, None)),
-                                                         _splat(builder, offset, GROUP, I32)))
-                dx = pad(tok.load(3, ib0, ir.VectorType(F32, n)))
-                builder.store(builder.call(fma, [builder.sitofp(isum, fvec), builder.fmul(d, dx),
-                                                 builder.load(acc)]), acc)
+                isum = pad(_half_sums(builder, vecs), 2 * GROUP)  # (2 GROUP,) i32: half-block sums of u x
+                if isa in VNNI and offset:  # minus offset * the half block's sum of x
+                    bs = pad(tok.load(4, builder.mul(ib0, c64(2)), ir.VectorType(I32, 2 * n)), 2 * GROUP)
+                    isum = builder.sub(isum, builder.mul(bs, _splat(builder, offset, 2 * GROUP, I32)))
+                dx = twice(pad(tok.load(3, ib0, ir.VectorType(F32, n)), GROUP))
+                builder.store(builder.call(fma[2 * GROUP], [builder.sitofp(isum, hvec), builder.fmul(d, dx),
+                                                            builder.load(acc)]), acc)
                 if f is not None:  # the minimums times xs = dx sum(x)
-                    xs = pad(tok.load(4, ib0, ir.VectorType(F32, n)))
-                    builder.store(builder.call(fma, [f, xs, builder.load(acc_min)]), acc_min)
+                    xs = pad(tok.load(4, ib0, ir.VectorType(F32, n)), GROUP)
+                    builder.store(builder.call(fma[GROUP], [f, xs, builder.load(acc_min)]), acc_min)
 
         n_full = builder.sdiv(n_blocks, c64(GROUP))
         with cgutils.for_range(builder, n_full) as loop:  # hot loop: GROUP blocks, each unpacked once
@@ -353,10 +360,12 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
                 group(builder.load(ib), n)
                 builder.store(builder.add(builder.load(ib), c64(n)), ib)
             n //= 2
-        reduce = _fn(builder, f"llvm.vector.reduce.fadd.v{GROUP}f32", F32, [F32, fvec])
-        return [builder.fadd(builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc)]),
-                             builder.call(reduce, [ir.Constant(F32, 0.0), builder.load(acc_min)]))
-                for acc, acc_min in zip(accs, acc_mins, strict=True)]
+        def total(a):
+            v = builder.load(a)
+            fn = _fn(builder, f"llvm.vector.reduce.fadd.v{v.type.count}f32", F32, [F32, v.type])
+            return builder.call(fn, [ir.Constant(F32, 0.0), v])
+
+        return [builder.fadd(total(acc), total(acc_min)) for acc, acc_min in zip(accs, acc_mins, strict=True)]
 
     return _intrinsics(core)
 
