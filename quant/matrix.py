@@ -21,17 +21,17 @@ from .types import GGMLType, QuantTypeError, row_bytes, type_info
 PATHS = ("float", "int")
 BLAS_MIN_TOKENS = 16  # float path: from this many tokens on, tiles are dequantized to float32 for a BLAS sgemm
 # (compute-bound prompt batches; ggml's BLAS backend does the same for large batches); fewer go row by row
-INT_BLAS_MIN_TOKENS = 256  # integer path: the same switch. Below it the integer GEMM (activations quantized once,
-# each weight block unpacked once per 4 tokens) beats dequantizing every weight to float32: 2 threads, tok/s int /
-# sgemm, 64 tokens Qwen2.5-0.5B 117-164 / 55, Qwen2.5-1.5B 61 / 28; 512 tokens 142 / 153, 63 / 50, SmolLM2 358 / 500.
+INT_BLAS_MIN_TOKENS = 256  # integer path, 32-block types: the same switch. Below it the integer GEMM (activations
+# quantized once, each weight block unpacked once per 4 tokens) beats dequantizing every weight to float32: 2 threads,
+# tok/s int / sgemm, 64 tokens Qwen2.5-0.5B (mostly Q5_0) 117-164 / 55; 512 tokens 142 / 153, SmolLM2 (Q4_1) 358 / 500.
+INT_K_BLAS_MIN_TOKENS = 1 << 16  # integer path, K-quants: the integer GEMM measured faster at every length
+# (Qwen2.5-1.5B, Q4_K / Q6_K: 61 / 28 tok/s at 64 tokens, 63 / 50 at 512), so in practice never sgemm.
 # Either way, a token below the switch is computed exactly as it would be alone.
+_K_QUANTS = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
 DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
-def sgemm_tokens(path: str) -> int:
-    """From how many tokens on a matmul on `path` runs sgemm over dequantized tiles (float math)."""
-    return INT_BLAS_MIN_TOKENS if path == "int" else BLAS_MIN_TOKENS
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -98,7 +98,9 @@ class QMatrix:
     @property
     def sgemm_tokens(self) -> int:
         """From how many tokens on matmul runs sgemm over dequantized tiles (below, every token as if alone)."""
-        return sgemm_tokens("int" if self._int else "float")
+        if not self._int:
+            return BLAS_MIN_TOKENS
+        return INT_K_BLAS_MIN_TOKENS if self.qtype in _K_QUANTS else INT_BLAS_MIN_TOKENS
 
     def __repr__(self) -> str:
         return f"QMatrix({self.qtype.name}, shape={self.shape}, path={self.path!r})"

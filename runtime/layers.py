@@ -378,6 +378,18 @@ class Buffers:
         self.gate, self.up = np.empty((n, n_ff), f), np.empty((n, n_ff), f)  # (n, n_ff)
 
 
+def matrices(obj):
+    """The QMatrix objects inside a layer's weights (MoE experts included)."""
+    if isinstance(obj, QMatrix):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from matrices(v)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, np.ndarray):
+        for v in vars(obj).values():
+            yield from matrices(v)
+
+
 @dataclass
 class LayerWeights:
     """One decoder layer; None marks an absent tensor (no bias, no extra norm)."""

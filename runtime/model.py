@@ -5,13 +5,12 @@ import os
 import numba
 import numpy as np
 
-import quant.matrix
 from quant import TYPES, GGMLType, QMatrix, blocks, dequantize
 
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
-from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear
+from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear, matrices
 from .threads import blas_threads, on_kernel_thread
 
 DEFAULT_MAX_CTX = 4096
@@ -152,7 +151,6 @@ class Model:
         self.output, self.output_bias = c.output(w, self.tok_embd)  # (n_vocab, n_embd), (n_vocab,) or None
         if HEAD_PATH is not None:  # a view of the same blocks (a tied embedding's lookups do not use the path)
             self.output = QMatrix(self.output.raw, self.output.qtype, c.n_embd, path=HEAD_PATH)
-        self.sgemm_tokens = quant.matrix.sgemm_tokens(quant.matrix.DEFAULT_PATH)  # a prompt batch this long runs sgemm
         self.batch_output = (self.output if HEAD_PATH is not None  # the head of a long prompt's last position
                              else QMatrix(self.output.raw, self.output.qtype, c.n_embd, path="float"))
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
@@ -174,6 +172,9 @@ class Model:
             self.gpu = offload_layers(self, n_gpu_layers, main_gpu)  # None: -1 without a GPU (a warning)
         if self.gpu is not None:
             self.layers = self.layers[:self.gpu.placement.first]  # the CPU's share
+        # a prompt batch this long runs sgemm in some layer matrix (float math): the head follows (batch_output)
+        self.sgemm_tokens = min((m.sgemm_tokens for layer in self.layers for m in matrices(layer.w)),
+                                default=self.output.sgemm_tokens)
         self._buffers = {}  # n_tokens -> Buffers (one-token decode and the latest batch size)
 
     def _buffers_for(self, n: int) -> Buffers:

@@ -23,7 +23,8 @@ from quant.jit import cache as jit_cache
 from quant.jit import stamp
 from quant.matrix import MatvecGroup
 
-from .layers import KVCache, RoPE
+from .layers import KVCache, RoPE, matrices
+from .model import UBATCH
 
 ROWS = 64  # rows of each weight kind (and of the output head) multiplied in the warm-up
 
@@ -63,7 +64,7 @@ def _model_matrices(model):
     """Every QMatrix the model multiplies or looks rows up in."""
     yield from (model.tok_embd, model.output, model.batch_output, model.embed.pos)
     for layer in model.layers:
-        yield from _matrices(layer.w)
+        yield from matrices(layer.w)
 
 
 def _marker(model):
@@ -94,7 +95,7 @@ def _marker(model):
 
 def _steps(model) -> list:
     """Callables, cheapest first, that together run every kernel of the forward pass."""
-    small, large = 2, max(model.sgemm_tokens, 3)  # a batch on each side of the sgemm threshold
+    small, large = 2, max(min(model.sgemm_tokens, UBATCH), 3)  # a batch on each side of the sgemm switch, if any
     rng = np.random.default_rng(0)
     steps = []
     kinds = {}  # (type, path) -> a few rows of one matrix of that kind
@@ -137,18 +138,6 @@ def _scratch(model, layer):
                                 for h in (model.output, model.batch_output))
     m.output_bias = None if model.output_bias is None else model.output_bias[:rows]
     return m
-
-
-def _matrices(obj):
-    """The QMatrix objects inside a layer's weights (MoE experts included)."""
-    if isinstance(obj, QMatrix):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _matrices(v)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, np.ndarray):
-        for v in vars(obj).values():
-            yield from _matrices(v)
 
 
 def _kind(obj, depth: int = 0):

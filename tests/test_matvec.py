@@ -15,7 +15,6 @@ from gguf.constants import GGMLQuantizationType
 
 from quant import QMatrix, QuantTypeError
 from quant.activation import quantize_q8_0, quantize_q8_k
-from quant.matrix import INT_BLAS_MIN_TOKENS
 from quant.types import GGMLType, type_info
 from runtime.gguf import GGUFFile
 
@@ -79,11 +78,11 @@ def test_matvec_matmul(cases, qtype, path):
     raw, W, X = cases[qtype]
     m = QMatrix(raw, qtype, W.shape[1], path=path)
     exact = path == "float" or qtype in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-    for n_tok in (1, 3, 17, INT_BLAS_MIN_TOKENS):
+    for n_tok in (1, 3, 17, min(m.sgemm_tokens, 300)):
         Xt = X[np.arange(n_tok) % len(X)]
         y = m.matmul(Xt)
         assert y.shape == (n_tok, 37) and y.dtype == np.float32
-        if exact or n_tok >= INT_BLAS_MIN_TOKENS:  # the int path's large batches: dequantized tiles and sgemm
+        if exact or n_tok >= m.sgemm_tokens:  # the int path's large batches: dequantized tiles and sgemm
             assert rel_err(y, W, Xt) < FLOAT_TOL
         else:
             assert rel_err(y, W, dequant_q8(qtype, Xt)) < FLOAT_TOL  # integer dots exact
