@@ -231,11 +231,8 @@ class Model:
         return on_kernel_thread(self._forward, self._check(tokens, pos, cache), pos, cache, all_logits, hidden)
 
     def _forward(self, tokens, pos, cache, all_logits, hidden) -> np.ndarray:
-        try:
-            with np.errstate(all="ignore"):  # overflow shows as non-finite logits, reported by _head
-                return self._layers(tokens, pos, cache, all_logits, hidden)
-        finally:
-            blas_threads(numba.get_num_threads())  # what set_threads gave BLAS, for the process's other callers
+        with np.errstate(all="ignore"):  # overflow shows as non-finite logits, reported by _head
+            return self._layers(tokens, pos, cache, all_logits, hidden)
 
     def _layers(self, tokens, pos, cache, all_logits, hidden) -> np.ndarray:
         n, every = tokens.size, all_logits or hidden
@@ -270,12 +267,6 @@ class Model:
 
     def _step(self, tokens, positions, caches) -> np.ndarray:
         blas_threads(1)
-        try:
-            return self._decode_rows(tokens, positions, caches)
-        finally:
-            blas_threads(numba.get_num_threads())
-
-    def _decode_rows(self, tokens, positions, caches) -> np.ndarray:
         b = self._buffers_for(tokens.size)
         logits = np.empty((tokens.size, self.n_vocab), np.float32)
         with np.errstate(all="ignore"):
