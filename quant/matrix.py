@@ -16,7 +16,7 @@ from .blocks import layout
 from .dequant import dequantize
 from .kernels import float_path as kernels_float
 from .kernels import int_path as kernels_int
-from .types import GGMLType, QuantTypeError, row_bytes, type_info
+from .types import QK_K, GGMLType, QuantTypeError, row_bytes, type_info
 
 PATHS = ("float", "int")
 BLAS_MIN_TOKENS = 16  # float path: from this many tokens on, tiles are dequantized to float32 for a BLAS sgemm
@@ -27,11 +27,8 @@ INT_BLAS_MIN_TOKENS = 256  # integer path, 32-block types: the same switch. Belo
 INT_K_BLAS_MIN_TOKENS = 1 << 16  # integer path, K-quants: the integer GEMM measured faster at every length
 # (Qwen2.5-1.5B, Q4_K / Q6_K: 61 / 28 tok/s at 64 tokens, 63 / 50 at 512), so in practice never sgemm.
 # Either way, a token below the switch is computed exactly as it would be alone.
-_K_QUANTS = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
 DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-
-
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -100,7 +97,7 @@ class QMatrix:
         """From how many tokens on matmul runs sgemm over dequantized tiles (below, every token as if alone)."""
         if not self._int:
             return BLAS_MIN_TOKENS
-        return INT_K_BLAS_MIN_TOKENS if self.qtype in _K_QUANTS else INT_BLAS_MIN_TOKENS
+        return INT_K_BLAS_MIN_TOKENS if self._block == QK_K else INT_BLAS_MIN_TOKENS  # K-quants: Q8_K activations
 
     def __repr__(self) -> str:
         return f"QMatrix({self.qtype.name}, shape={self.shape}, path={self.path!r})"

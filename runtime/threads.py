@@ -2,6 +2,7 @@
 together, so that `-t 1` means one thread for both and two pools never oversubscribe the cores; and the one thread
 that runs every forward pass (`on_kernel_thread`), whichever thread asks for it."""
 
+import functools
 import os
 import queue
 import threading
@@ -26,7 +27,10 @@ def set_threads(n: int) -> None:
     threadpool_limits(limits=n, user_api="blas")
 
 
-_blas = []  # numpy's BLAS libraries (a threadpoolctl controller), found at the first blas_threads call
+@functools.cache
+def _blas():
+    """numpy's BLAS libraries (a threadpoolctl controller), found once."""
+    return ThreadpoolController().select(user_api="blas")
 
 
 def blas_threads(n: int) -> None:
@@ -34,9 +38,7 @@ def blas_threads(n: int) -> None:
     call BLAS only for the attention's small products, and OpenBLAS threads spin for a while after each one, which
     halves the speed of the numba kernels that follow on a 2-CPU machine (a 64-token prompt of Qwen2.5-0.5B: 390 ms
     with one BLAS thread, 1.1-1.3 s with two): they run with 1, the sgemm prompt path with the kernel threads'."""
-    if not _blas:
-        _blas.append(ThreadpoolController().select(user_api="blas"))
-    _blas[0].limit(limits=n)
+    _blas().limit(limits=n)
 
 
 class _KernelThread:

@@ -64,6 +64,11 @@ def _shuffle(builder, a, b, lanes):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, len(lanes)), list(lanes)))
 
 
+def _load(builder, ptr, t):
+    """A scalar or vector of type t at ptr (unaligned)."""
+    return builder.load(builder.bitcast(ptr, t.as_pointer()), align=1)
+
+
 class _Arrays:
     """Data pointers and lengths of the array arguments of an intrinsic."""
 
@@ -91,7 +96,7 @@ class _Arrays:
 
     def load(self, i, offset, t):
         """A scalar or vector of type t at byte/element `offset` of array i (unaligned)."""
-        return self.builder.load(self.builder.bitcast(self.ptr(i, offset), t.as_pointer()), align=1)
+        return _load(self.builder, self.ptr(i, offset), t)
 
 
 class _Token:
@@ -107,7 +112,7 @@ class _Token:
         return self.arrays.ptr(i, offset)
 
     def load(self, i, offset, t):
-        return self.arrays.builder.load(self.arrays.builder.bitcast(self.ptr(i, offset), t.as_pointer()), align=1)
+        return _load(self.arrays.builder, self.ptr(i, offset), t)
 
 
 def _half(builder, arrays, i, offset):
@@ -283,8 +288,8 @@ def _row_dot_32(size, qs, qh=None, bias=0, m=None, int8=False, table=None, isa=I
     Every variant computes the exact integer sums sum((q - bias) x) (or sum(table[q] x), sum(q x)) per half block, and
     then the same float operations: per GROUP blocks, their half-block sums gathered into one vector (_half_sums),
     converted and multiplied by d dx into float lanes that accumulate block b % GROUP's halves; lanes summed once
-    per row. So every
-    variant gives the same bits, and a token's result does not depend on the tokens it runs beside."""
+    per row. So every variant gives the same bits, and a token's result does not depend on the tokens it runs
+    beside."""
     offset = 128 if int8 or table is not None else bias  # VNNI: u = q + offset is vpdpbusd's unsigned operand
     signed = offset > 0
     utable = None if table is None else [(int(v) + 128) & 255 for v in table]
