@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from quant import QMatrix
 from quant.matrix import MatvecGroup
@@ -177,35 +177,75 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
 _NO_SLOPES = np.zeros(0, np.float32)
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+ATT_CHUNK = 256  # keys per task of a decoding query: the tasks of every kv head and chunk run in parallel
+ATT_PARALLEL = 1 << 19  # ... when keys x query heads x head_dim reaches this (measured: below it, waking the threads
+# costs more than they save)
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=FAST)
 def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
     # q (n_head, hd) at position end - 1 over keys/values start..end-1 of k_cache, v_cache (n_kv, n_ctx, hd);
-    # slopes (n_head,) ALiBi or (0,); out (n_head * hd)
+    # slopes (n_head,) ALiBi or (0,); out (n_head * hd). Split by kv head and by ATT_CHUNK keys (flash-decoding):
+    # each task reads its keys and values once for the query heads that share them; the chunks merge at the end.
     n_head, hd = q.shape
-    rep = n_head // k_cache.shape[0]
-    s = np.empty(end - start, np.float32)  # (T,) scores, then weights
-    for h in range(n_head):
-        kv = h // rep
-        top = np.float32(-np.inf)
-        for t in range(start, end):
+    n_kv = k_cache.shape[0]
+    rep = n_head // n_kv
+    n_chunks = (end - start + ATT_CHUNK - 1) // ATT_CHUNK
+    top = np.empty((n_kv, n_chunks, rep), np.float32)  # per task and query head: its largest score,
+    total = np.empty((n_kv, n_chunks, rep), np.float32)  # the sum of exp(score - top),
+    o = np.empty((n_kv, n_chunks, rep, hd), np.float32)  # and the values weighted by exp(score - top)
+    if (end - start) * n_head * hd >= ATT_PARALLEL:
+        for task in prange(n_kv * n_chunks):
+            _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
+    else:  # too little work to pay for waking the other threads
+        for task in range(n_kv * n_chunks):
+            _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
+    for kv in range(n_kv):  # merge: chunk c weighs exp(top_c - the largest top)
+        for r in range(rep):
+            h = kv * rep + r
+            m, norm = top[kv, :, r].max(), np.float32(0.0)
+            out[h * hd:(h + 1) * hd] = 0.0
+            for c in range(n_chunks):
+                w = np.exp(top[kv, c, r] - m)
+                norm += w * total[kv, c, r]
+                for i in range(hd):
+                    out[h * hd + i] += w * o[kv, c, r, i]
+            out[h * hd:(h + 1) * hd] /= norm
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o):
+    # task: kv head task // n_chunks, chunk task % n_chunks of _attend_one's split
+    n_chunks, rep = top.shape[1], top.shape[2]
+    kv, c = task // n_chunks, task % n_chunks
+    t0 = start + c * ATT_CHUNK
+    _attend_chunk(q[kv * rep:(kv + 1) * rep], k_cache[kv], v_cache[kv], t0, min(end, t0 + ATT_CHUNK), end, scale,
+                  slopes[kv * rep:(kv + 1) * rep] if slopes.size else slopes, top[kv, c], total[kv, c], o[kv, c])
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
+    # q (rep, hd) the query heads of one kv head over its keys, vals (n_ctx, hd) at t0..t1-1 (the query is at
+    # end - 1); slopes (rep,) or (0,). Out: top, total (rep,) largest score and sum of exp(score - top), o (rep, hd)
+    rep, hd = q.shape
+    s = np.empty((rep, t1 - t0), np.float32)  # scores, then exp(score - top)
+    for t in range(t0, t1):
+        for r in range(rep):
             dot = np.float32(0.0)
             for i in range(hd):  # hot loop
-                dot += q[h, i] * k_cache[kv, t, i]
-            dot *= scale
-            if slopes.size:
-                dot += slopes[h] * np.float32(t - end + 1)
-            s[t - start] = dot
-            top = max(top, dot)
-        total = np.float32(0.0)
-        for j in range(s.size):
-            s[j] = np.exp(s[j] - top)
-            total += s[j]
-        o = out[h * hd:(h + 1) * hd]
-        o[:] = 0.0
-        for t in range(start, end):
-            p = s[t - start] / total
+                dot += q[r, i] * keys[t, i]
+            s[r, t - t0] = dot * scale + (slopes[r] * np.float32(t - end + 1) if slopes.size else np.float32(0.0))
+    for r in range(rep):
+        top[r] = s[r].max()
+        s[r] = np.exp(s[r] - top[r])
+        total[r] = s[r].sum()
+    o[:] = 0.0
+    for t in range(t0, t1):
+        for r in range(rep):
+            p = s[r, t - t0]
             for i in range(hd):  # hot loop
-                o[i] += p * v_cache[kv, t, i]
+                o[r, i] += p * vals[t, i]
 
 
 class KVCache:

@@ -19,7 +19,7 @@ import runtime.model
 from runtime.archs.base import RopeScaling
 from runtime.errors import ContextOverflowError, LlambaError, UnsupportedError
 from runtime.gguf import GGUFFile
-from runtime.layers import attention, layer_norm, rope_frequencies
+from runtime.layers import ATT_PARALLEL, alibi_slopes, attention, layer_norm, rope_frequencies
 from runtime.model import load_model
 
 TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -244,3 +244,24 @@ def test_attention_matches_torch(rng, window):
     ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kt, vt,
                                                            attn_mask=visible, scale=0.3)  # (n_head, n, hd)
     np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("hd", [16, 128])  # the decode kernel's tasks on the calling thread, and in parallel
+@pytest.mark.parametrize("window, alibi", [(0, False), (300, False), (0, True)])
+def test_decode_attention_matches_torch(rng, window, alibi, hd):
+    """One query over 600 cached positions (three key chunks of the decode kernel, merged): GQA, sliding window,
+    ALiBi slopes."""
+    pos, n_head, n_kv = 599, 8, 2
+    assert ((pos + 1) * n_head * hd >= ATT_PARALLEL) == (hd == 128)
+    q = rng.standard_normal((1, n_head, hd)).astype(np.float32)
+    k, v = (rng.standard_normal((n_kv, 640, hd)).astype(np.float32) for _ in range(2))
+    slopes = alibi_slopes(n_head, 8.0) if alibi else None
+    ours = attention(q, k, v, pos, 0.3, window, np.empty((1, n_head * hd), np.float32), slopes)
+    kpos = torch.arange(pos + 1)
+    bias = torch.where((pos - kpos < window) if window else kpos >= 0, 0.0, -torch.inf)  # (pos + 1,)
+    bias = bias[None, None, :] + (0 if slopes is None else torch.from_numpy(slopes)[:, None, None] * (kpos - pos))
+    rep = n_head // n_kv
+    kt, vt = (torch.from_numpy(a[:, :pos + 1]).repeat_interleave(rep, 0) for a in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kt, vt,
+                                                           attn_mask=bias.float(), scale=0.3)  # (n_head, 1, hd)
+    np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(1, -1).numpy(), atol=1e-5)
