@@ -54,11 +54,11 @@ def _deliver(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-_NO_RAW, _NO_Y = _readonly(np.empty((0, 1), np.uint8)), np.empty(0, np.float32)  # an unused slot of a group
+_NO_RAW, _NO_Y = _readonly(np.empty((0, 1), np.uint8)), np.empty((0, 0), np.float32)  # an unused slot of a group
 
 
 def _pad(items: tuple, fill) -> tuple:
-    """items filled up to kernels_int.GROUP slots (matvec_many's one compiled signature)."""
+    """items filled up to kernels_int.GROUP slots (matmul_many's one compiled signature)."""
     return items + (fill,) * (kernels_int.GROUP - len(items))
 
 
@@ -78,7 +78,7 @@ class QMatrix:
         self.raw = _readonly(np.ascontiguousarray(raw))  # (n_rows, row_bytes); no copy when contiguous
         self.n_cols = int(n_cols)
         self._block, self._sub = layout(self.qtype, self.n_cols)
-        self._group = _pad((self.raw,), _NO_RAW), (int(self.qtype),) * kernels_int.GROUP  # for matvec_many
+        self._group = _pad((self.raw,), _NO_RAW), (int(self.qtype),) * kernels_int.GROUP  # for matmul_many
 
     @property
     def n_rows(self) -> int:
@@ -119,7 +119,7 @@ class QMatrix:
         direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
         y = out if direct else np.empty(self.n_rows, np.float32)
         if self._int:
-            kernels_int.matvec_many(*self._group, x, _pad((y,), _NO_Y))
+            kernels_int.matmul_many(*self._group, x[None], _pad((y[None],), _NO_Y))
             return y if direct else _deliver(y, out)
         xsum = kernels_float.sub_sums(x, self._sub)
         kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
@@ -136,32 +136,35 @@ class QMatrix:
                   and out.flags.c_contiguous)
         Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)
         if self._int and X.shape[0] < self.sgemm_tokens:
-            kernels_int.matmul(self.raw, int(self.qtype), self._block, X, Y)
+            kernels_int.matmul_many(*self._group, X, _pad((Y,), _NO_Y))
         else:
             kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
         return Y if direct else _deliver(Y, out)
 
 
-class MatvecGroup:
-    """Matrices sharing one input (Q, K, V; up, gate), multiplied by one vector together: on the integer path
-    x is quantized once per activation type and all rows run in one parallel loop. Checked once, when built."""
+class MatrixGroup:
+    """Matrices sharing one input (Q, K, V; up, gate), multiplied together: on the integer path below the sgemm
+    switch the input is quantized once per activation type and all rows run in one parallel loop (one kernel call,
+    each output the same bits as its matrix's own matvec / matmul). Checked once, when built."""
 
     def __init__(self, mats):
         self.mats = tuple(mats)
         self.fused = (all(m._int for m in self.mats) and len({m.n_cols for m in self.mats}) == 1
                       and len(self.mats) <= kernels_int.GROUP)
+        self.sgemm_tokens = min(m.sgemm_tokens for m in self.mats)
         if self.fused:
             self.raws = _pad(tuple(m.raw for m in self.mats), _NO_RAW)
             self.codes = _pad(tuple(int(m.qtype) for m in self.mats), int(self.mats[0].qtype))
 
-    def __call__(self, x: np.ndarray, outs) -> None:
-        # x (n_cols,) float32 -> outs[i] (n_rows_i,) float32 C-contiguous
-        if not self.fused:
+    def __call__(self, X: np.ndarray, outs) -> None:
+        # X (n, n_cols) float32 -> outs[i] (n, n_rows_i) float32 C-contiguous
+        if not self.fused or X.shape[0] >= self.sgemm_tokens:
             for m, y in zip(self.mats, outs, strict=True):
-                m.matvec(x, out=y)
+                m.matmul(X, out=y)
             return
-        x = _f32(x, 1, self.mats[0].n_cols, "x")
+        X = _f32(X, 2, self.mats[0].n_cols, "X")
         for m, y in zip(self.mats, outs, strict=True):
-            if y.dtype != np.float32 or y.shape != (m.n_rows,) or not y.flags.c_contiguous:
-                raise ValueError(f"out must be float32 of shape ({m.n_rows},), contiguous; got {y.dtype} {y.shape}")
-        kernels_int.matvec_many(self.raws, self.codes, x, _pad(tuple(outs), _NO_Y))
+            if y.dtype != np.float32 or y.shape != (X.shape[0], m.n_rows) or not y.flags.c_contiguous:
+                raise ValueError(f"out must be float32 of shape ({X.shape[0]}, {m.n_rows}), contiguous; got {y.dtype} "
+                                 f"{y.shape}")
+        kernels_int.matmul_many(self.raws, self.codes, X, _pad(tuple(outs), _NO_Y))

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from quant import QMatrix
-from quant.matrix import MatvecGroup
+from quant.matrix import MatrixGroup
 
 if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
     from .archs.base import RopeScaling
@@ -183,7 +183,7 @@ ATT_PARALLEL = 1 << 19  # ... when keys x query heads x head_dim reaches this (m
 # costs more than they save)
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
     # q (n_head, hd) at position end - 1 over keys/values start..end-1 of k_cache, v_cache (n_kv, n_ctx, hd);
     # slopes (n_head,) ALiBi or (0,); out (n_head * hd). Split by kv head and by ATT_CHUNK keys (flash-decoding):
@@ -196,8 +196,7 @@ def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
     total = np.empty((n_kv, n_chunks, rep), np.float32)  # the sum of exp(score - top),
     o = np.empty((n_kv, n_chunks, rep, hd), np.float32)  # and the values weighted by exp(score - top)
     if (end - start) * n_head * hd >= ATT_PARALLEL:
-        for task in prange(n_kv * n_chunks):
-            _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
+        _attend_tasks(q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
     else:  # too little work to pay for waking the other threads
         for task in range(n_kv * n_chunks):
             _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
@@ -212,6 +211,14 @@ def _attend_one(q, k_cache, v_cache, start, end, scale, slopes, out):
                 for i in range(hd):
                     out[h * hd + i] += w * o[kv, c, r, i]
             out[h * hd:(h + 1) * hd] /= norm
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _attend_tasks(q, k_cache, v_cache, start, end, scale, slopes, top, total, o):
+    # every task of _attend_one's split in parallel (nothing else here: numba would turn array expressions into
+    # parallel regions of their own)
+    for task in prange(top.shape[0] * top.shape[1]):
+        _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, total, o)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -319,12 +326,9 @@ def linear(w: QMatrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None =
     return out
 
 
-def linear_many(x: np.ndarray, group: MatvecGroup, outs: tuple, biases: tuple) -> tuple:
-    """linear(w, x, out, bias) for the matrices of `group` (sharing the input x); a single token takes one kernel
-    call for all of them."""
-    if x.shape[0] != 1:
-        return tuple(linear(w, x, out, bias) for w, out, bias in zip(group.mats, outs, biases, strict=True))
-    group(x[0], [out[0] for out in outs])
+def linear_many(x: np.ndarray, group: MatrixGroup, outs: tuple, biases: tuple) -> tuple:
+    """linear(w, x, out, bias) for the matrices of `group` (sharing the input x): one kernel call for all of them."""
+    group(x, outs)
     for out, bias in zip(outs, biases, strict=True):
         if bias is not None:
             out += bias
@@ -333,13 +337,13 @@ def linear_many(x: np.ndarray, group: MatvecGroup, outs: tuple, biases: tuple) -
 
 def mlp(h: np.ndarray, w_up: QMatrix, w_down: QMatrix, w_gate: QMatrix | None, act, up: np.ndarray,
         gate: np.ndarray, out: np.ndarray, b_up: np.ndarray | None = None,
-        b_down: np.ndarray | None = None, up_gate: MatvecGroup | None = None) -> np.ndarray:
+        b_down: np.ndarray | None = None, up_gate: MatrixGroup | None = None) -> np.ndarray:
     """h (n, n_embd) -> out (n, n_embd) = down(act(gate(h)) * up(h)), or down(act(up(h))) without a gate.
     up, gate: (n, n_ff) scratch; up_gate: the group (w_up, w_gate), if the caller keeps one."""
     if w_gate is None:
         u = act(linear(w_up, h, up, b_up))
     else:
-        u, g = linear_many(h, up_gate or MatvecGroup((w_up, w_gate)), (up, gate), (b_up, None))
+        u, g = linear_many(h, up_gate or MatrixGroup((w_up, w_gate)), (up, gate), (b_up, None))
         u *= act(g)
     return linear(w_down, u, out, b_down)
 
@@ -467,8 +471,8 @@ class DecoderLayer:
         self.alibi, self.clamp = alibi, clamp  # (n_head,) ALiBi slopes or None; > 0: Q/K/V clipped to +-clamp
         self.n_head, self.n_head_kv, self.head_dim = n_head, n_head_kv, head_dim
         self.act = ACTIVATIONS[activation]
-        self.qkv = MatvecGroup((w.wq, w.wk, w.wv))
-        self.up_gate = None if w.w_gate is None else MatvecGroup((w.w_up, w.w_gate))
+        self.qkv = MatrixGroup((w.wq, w.wk, w.wv))
+        self.up_gate = None if w.w_gate is None else MatrixGroup((w.w_up, w.w_gate))
 
     def __call__(self, b: Buffers, pos: int, k_cache: np.ndarray, v_cache: np.ndarray) -> None:
         # b.x (n, n_embd) updated in place: one sequence's tokens at positions pos..pos+n-1; k_cache, v_cache

@@ -21,7 +21,7 @@ import numpy as np
 from quant import QMatrix
 from quant.jit import cache as jit_cache
 from quant.jit import stamp
-from quant.matrix import MatvecGroup
+from quant.matrix import MatrixGroup
 
 from .layers import KVCache, RoPE, matrices
 from .model import UBATCH
@@ -105,10 +105,10 @@ def _steps(model) -> list:
     for w in kinds.values():
         x = rng.standard_normal((large, w.n_cols)).astype(np.float32)  # (large, n_cols)
         y = np.empty((large, w.n_rows), np.float32)  # (large, n_rows)
-        outs = [np.empty(w.n_rows, np.float32) for _ in range(3)]
+        outs = [np.empty((large, w.n_rows), np.float32) for _ in range(3)]
         steps += [lambda w=w, x=x, y=y: w.matvec(x[0], out=y[0]),
-                  lambda w=w, x=x, outs=outs: MatvecGroup((w, w))(x[0], outs[:2]),  # up + gate
-                  lambda w=w, x=x, outs=outs: MatvecGroup((w, w, w))(x[0], outs),  # Q + K + V
+                  lambda w=w, x=x, outs=outs: MatrixGroup((w, w))(x[:1], [y[:1] for y in outs[:2]]),  # up + gate
+                  lambda w=w, x=x, outs=outs: MatrixGroup((w, w, w))(x[:small], [y[:small] for y in outs]),  # QKV
                   lambda w=w, x=x, y=y: w.matmul(x[:small], out=y[:small]),
                   lambda w=w, x=x, y=y: w.matmul(x, out=y),
                   lambda w=w: w.get_rows(np.arange(min(2, w.n_rows), dtype=np.int32))]

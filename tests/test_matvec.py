@@ -329,6 +329,29 @@ def test_matmul_rows_equal_matvec_bitwise(cases, qtype):
             assert np.array_equal(y, np.stack([m.matvec(x) for x in Xt])), (path, n_tok)
 
 
+@pytest.mark.parametrize("path", ["int", "float"])
+def test_matrix_group_equals_its_matrices_bitwise(path):
+    """MatrixGroup (Q, K, V of three types sharing an input, one kernel call on the integer path): every output is
+    exactly its own matrix's matvec / matmul, for 1 token up to the sgemm switch and past it."""
+    from quant.matrix import MatrixGroup
+
+    rng = np.random.default_rng(5)
+    mats = [QMatrix(random_raw(rng, t, n, 512), t, 512, path=path)
+            for t, n in ((GGMLType.Q5_0, 37), (GGMLType.Q4_K, 16), (GGMLType.Q6_K, 21))]
+    group = MatrixGroup(mats)
+    assert group.fused == (path == "int")
+    for n_tok in (1, 2, 3, 5, 8, group.sgemm_tokens - 1, group.sgemm_tokens):
+        X = rng.standard_normal((n_tok, 512), np.float32)
+        outs = [np.full((n_tok, m.n_rows), np.nan, np.float32) for m in mats]
+        group(X, outs)
+        for m, y in zip(mats, outs, strict=True):
+            want = m.matvec(X[0])[None] if n_tok == 1 else m.matmul(X)
+            assert np.array_equal(y, want), (path, m.qtype.name, n_tok)
+        if n_tok < group.sgemm_tokens:
+            assert all(np.array_equal(y[k], m.matvec(X[k])) for m, y in zip(mats, outs, strict=True)
+                       for k in range(n_tok))
+
+
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
 def test_forward_batch_equals_single_decode_bitwise(model_path, name):
     """Model.forward_batch: 6 sequences (prompts of different lengths) decoded in one step give exactly the logits

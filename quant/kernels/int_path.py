@@ -7,7 +7,7 @@ Types without an integer kernel (F32, F16, BF16) use the float path (quant.matri
 import numpy as np
 from numba import njit, prange
 
-from ..activation import quantize_activations, quantize_rows
+from ..activation import quantize_rows
 from ..blocks import QK
 from ..types import QK_K, GGMLType
 from .int_dot import row_dot, row_dots
@@ -24,19 +24,26 @@ def _is_k(code):
             or code == GGMLType.Q6_K)
 
 
-GROUP = 3  # matvec_many always takes this many matrices (Q, K, V; unused slots hold 0 rows): one compiled
+GROUP = 3  # matmul_many always takes this many matrices (Q, K, V; unused slots hold 0 rows): one compiled
 # signature for a single matrix, up + gate and Q + K + V (numba compiles a parallel kernel per tuple length, ~8 s each)
+TOKENS = 4  # tokens per several-token row dot (int_dot.row_dots): each weight block is unpacked once for them
+X_TILE = 16384  # bytes of quantized activations per token tile: they stay in L1 while a task's rows pass over them
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matvec_many(raws, codes, x, ys):
-    """ys[m] (n_rows_m,) = W_m x for the GROUP weight matrices raws[m] (n_rows_m, row_bytes_m) of GGMLType codes[m]
-    that share the input x (n,): x is quantized once per activation type, and one parallel loop covers every row."""
-    n, n_mats = x.shape[0], len(raws)
-    X = x.reshape((1, n))
-    qx0, dx0, bs0 = np.empty((1, n), np.int8), np.empty((1, n // QK), np.float32), np.empty((1, n // 16), np.int32)
-    xs = np.empty((1, n // QK), np.float32)
-    qxk, dxk, bsk = np.empty((1, n), np.int8), np.empty((1, n // QK_K), np.float32), np.empty((1, n // 16), np.int32)
+def matmul_many(raws, codes, X, Ys):
+    """Ys[m] (n_tok, n_rows_m) = X @ W_m.T for the GROUP weight matrices raws[m] (n_rows_m, row_bytes_m) of GGMLType
+    codes[m] that share the input X (n_tok, n): X is quantized once per activation type, and one parallel loop covers
+    every row of every matrix; each output is the same bits as its token's alone. A task's rows are read from memory
+    once (one token: prefetched a few rows ahead), then from L2 for each further tile of tokens (X_TILE bytes of
+    activations, at least TOKENS tokens), which stays in L1."""
+    n_tok, n = X.shape
+    n_mats = len(raws)
+    qx0, dx0, bs0 = np.empty((n_tok, n), np.int8), np.empty((n_tok, n // QK), np.float32), np.empty((n_tok, n // 16),
+                                                                                                    np.int32)
+    xs = np.empty((n_tok, n // QK), np.float32)
+    qxk, dxk = np.empty((n_tok, n), np.int8), np.empty((n_tok, n // QK_K), np.float32)
+    bsk = np.empty((n_tok, n // 16), np.int32)
     starts = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
     need_k = need_0 = False
     for m in range(n_mats):
@@ -47,54 +54,47 @@ def matvec_many(raws, codes, x, ys):
         quantize_rows(X, QK_K, qxk, dxk, bsk, xs)
     if need_0:
         quantize_rows(X, QK, qx0, dx0, bs0, xs)
+    tile = max(TOKENS, X_TILE // n // TOKENS * TOKENS)
     for task in prange(starts[n_mats]):
         m = 0
         while task >= starts[m + 1]:
             m += 1
-        raw, code, y = raws[m], codes[m], ys[m]
-        w = raw.reshape(-1)  # flat bytes: row r at w[r * row_bytes:]
-        qx, dx, bs = (qxk[0], dxk[0], bsk[0]) if _is_k(code) else (qx0[0], dx0[0], bs0[0])
+        raw, code, Y = raws[m], codes[m], Ys[m]
+        w, rb = raw.reshape(-1), raw.shape[1]  # flat bytes: row r at w[r * rb:]
+        qx, dx, bs = (qxk, dxk, bsk) if _is_k(code) else (qx0, dx0, bs0)
         r0 = (task - starts[m]) * ROWS_PER_TASK
-        rb = raw.shape[1]
-        end = min(raw.shape[0], r0 + ROWS_PER_TASK) * rb
-        # hot loop: one output per weight row; prefetch the row PREFETCH_ROWS ahead, then its integer dot
-        for r in range(r0, min(raw.shape[0], r0 + ROWS_PER_TASK)):
-            for o in range((r + PREFETCH_ROWS) * rb, min((r + PREFETCH_ROWS + 1) * rb, end), 64):
-                prefetch(w, o)
-            y[r] = row_dot(code, w, r * rb, qx, dx, bs, xs[0])
-
-
-TOKENS = 4  # tokens per several-token row dot (int_dot.row_dots): each weight block is unpacked once for them
-X_TILE = 16384  # bytes of quantized activations per token tile: they stay in L1 while a task's rows pass over them
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _matmul(raw, code, qx, dx, bs, xs, out):
-    """out (n_tok, n_rows) = W (n_rows, n) @ Q8(x).T. A task's rows are read from memory once, then from L2 for
-    each tile of tokens (X_TILE bytes of activations, at least TOKENS tokens), which stays in L1."""
-    n, n_tok, w = raw.shape[0], qx.shape[0], raw.reshape(-1)  # w: flat bytes, row r at w[r * row_bytes:]
-    tile = max(TOKENS, X_TILE // qx.shape[1] // TOKENS * TOKENS)
-    for t in prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r1 = min(raw.shape[0], r0 + ROWS_PER_TASK)
+        if n_tok == 1:  # hot loop of a decode step: the token's activation rows taken once, not per row
+            q1, d1, b1, x1 = qx[0], dx[0], bs[0], xs[0]
+            for r in range(r0, r1):
+                _prefetch_ahead(w, r, rb, r1)
+                Y[0, r] = row_dot(code, w, r * rb, q1, d1, b1, x1)
+            continue
         for k0 in range(0, n_tok, tile):
-            k1 = min(n_tok, k0 + tile)
-            for r in range(t * ROWS_PER_TASK, min(n, (t + 1) * ROWS_PER_TASK)):
-                # hot loop: the row against TOKENS tokens at a time (a block unpacked once, in registers for all
-                # of them), then 3, 2 or 1 for the rest; every output the same bits as the token's row_dot alone
-                base, k = r * raw.shape[1], k0
-                while k + TOKENS <= k1:
-                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
-                    k += TOKENS
-                if k + 3 == k1:
-                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2), out, r)
-                    k += 3
-                if k + 2 <= k1:
-                    row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
-                    k += 2
-                if k < k1:
-                    out[k, r] = row_dot(code, w, base, qx[k], dx[k], bs[k], xs[k])
+            for r in range(r0, r1):
+                _row_tokens(code, w, r * rb, qx, dx, bs, xs, k0, min(n_tok, k0 + tile), Y, r)
 
 
-def matmul(raw, code, block, X, out):
-    """out (n_tok, n_rows) = X (n_tok, n_cols) @ W.T with Q8-quantized activations."""
-    _matmul(raw, code, *quantize_activations(X, block), out)
-    return out
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_ahead(w, r, rb, r1):
+    """Prefetch the bytes of row r + PREFETCH_ROWS (rows of rb bytes in w, those below r1)."""
+    for o in range((r + PREFETCH_ROWS) * rb, min((r + PREFETCH_ROWS + 1) * rb, r1 * rb), 64):
+        prefetch(w, o)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_tokens(code, w, base, qx, dx, bs, xs, k, end, out, r):
+    """out[k:end, r] = the row at w[base:] against tokens k..end-1. Hot loop: TOKENS tokens at a time (a block
+    unpacked once, in registers for all of them), then 3, 2 or 1 for the rest; every output the same bits as the
+    token's row_dot alone."""
+    while k + TOKENS <= end:
+        row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
+        k += TOKENS
+    if k + 3 == end:
+        row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2), out, r)
+        k += 3
+    if k + 2 <= end:
+        row_dots(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
+        k += 2
+    if k < end:
+        out[k, r] = row_dot(code, w, base, qx[k], dx[k], bs[k], xs[k])
