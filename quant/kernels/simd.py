@@ -512,8 +512,7 @@ def _row_dot_k(kind, isa=ISA):
     fvec = lambda n: ir.VectorType(F32, n)  # noqa: E731
     # VNNI variants: per-lane float accumulators (one conversion and FMA per block, lanes summed once per row, as
     # ggml does) instead of two horizontal integer sums per block
-    n_acc = 16 if isa == "avx512vnni" else 8
-    n_min = 16 if kind == "q6_k" else 8
+    n_acc, n_min = (16 if isa == "avx512vnni" else 8), 8
 
     def core(builder, arr, base, toks):
         zero = lambda n: cgutils.alloca_once_value(builder, ir.Constant(fvec(n), [0.0] * n))  # noqa: E731
@@ -539,9 +538,10 @@ def _row_dot_k(kind, isa=ISA):
             for tok, acc, acc_i, acc_m, iv, mv in zip(toks, accs, acc_is, acc_ms, ivs, mvs, strict=True):
                 dxb = tok.load(3, ib, F32)
                 if kind == "q6_k":
-                    if isa in VNNI:
-                        fma(acc_i, iv, builder.fmul(d, dxb))
-                        fma(acc_m, mv, builder.fmul(ir.Constant(F32, 32.0), builder.fmul(d, dxb)))
+                    if isa in VNNI:  # sum(q x) - 32 sum(sc bs) in integers (lanes folded to iv's), one float step
+                        mv = mv if mv.type.count == iv.type.count else _fold(builder, mv, None)
+                        fma(acc_i, builder.sub(iv, builder.shl(mv, _splat(builder, 5, iv.type.count, I32))),
+                            builder.fmul(d, dxb))
                     else:
                         isum, msum = reduce(iv), reduce(mv)
                         term = builder.fmul(builder.fmul(d, dxb), builder.sitofp(
@@ -559,6 +559,8 @@ def _row_dot_k(kind, isa=ISA):
             return [builder.load(acc) for acc in accs]
         fsum = lambda a, n: builder.call(_fn(builder, f"llvm.vector.reduce.fadd.v{n}f32", F32,  # noqa: E731
                                              [F32, fvec(n)]), [ir.Constant(F32, 0.0), builder.load(a)])
+        if kind == "q6_k":
+            return [fsum(acc_i, n_acc) for acc_i in acc_is]
         return [builder.fsub(fsum(acc_i, n_acc), fsum(acc_m, n_min))
                 for acc_i, acc_m in zip(acc_is, acc_ms, strict=True)]
 
