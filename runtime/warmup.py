@@ -23,7 +23,7 @@ from quant.jit import cache as jit_cache
 from quant.jit import stamp
 from quant.matrix import MatrixGroup
 
-from .layers import KVCache, RoPE, matrices
+from .layers import ATT_PARALLEL, KVCache, RoPE, attention, matrices
 from .model import UBATCH
 
 ROWS = 64  # rows of each weight kind (and of the output head) multiplied in the warm-up
@@ -124,6 +124,12 @@ def _steps(model) -> list:
                   lambda m=m, kv=kv: m.forward(ids, 1 + small, kv),  # a long prompt, its last token (the batch head)
                   lambda m=m, kv=kv: m.forward(ids, 1 + small + large, kv, all_logits=True),  # all logits
                   lambda m=m, kv=kv: m.forward(ids[:small], 1 + small + 2 * large, kv, all_logits=True)]
+    c = model.config  # decode attention over enough keys to run its parallel kernel
+    n_keys = -(-ATT_PARALLEL // (c.n_head * c.head_dim)) + 1
+    k, v = rng.standard_normal((2, c.n_head_kv, n_keys, c.head_dim)).astype(np.float32)
+    q = rng.standard_normal((1, c.n_head, c.head_dim)).astype(np.float32)
+    att = np.empty((1, c.n_head * c.head_dim), np.float32)
+    steps.append(lambda: attention(q, k, v, n_keys - 1, 1.0, 0, att))
     return steps
 
 

@@ -227,10 +227,11 @@ WARMUP_CHILD = """
 import json, sys
 from quant.jit import cache
 from runtime import LLM
-llm = LLM("smollm2-135m-instruct", n_ctx=128)
+llm = LLM("smollm2-135m-instruct", n_ctx=1024)
 after_warmup = cache.compiles()
 llm.generate("The capital of France is", 3, temperature=0)
 llm.generate("Once upon a time, " * 6, 3, temperature=0)
+llm.generate(" word" * 960, 3, temperature=0)  # decoding over enough keys for the parallel attention kernel
 llm.logits(llm.tokenize("Hello there"))
 print(json.dumps({"warmup": llm.kernels_compiled, "later": cache.compiles() - after_warmup}))
 """
