@@ -592,18 +592,3 @@ def dot_bytes(typingctx, w, a, s1, m1, b, s2, m2, s3, x, xo, sc0, sc1):
         return _reduce_i32(builder, _madd_scaled(builder, u, arr.load(8, xo, V32x8), sc0, sc1, ISA))
 
     return sig, codegen
-
-
-@intrinsic
-def prefetch(typingctx, w, offset):
-    """Hint the cache line holding w[offset] into the caches (llvm.prefetch: read, high locality)."""
-    sig = types.void(w, offset)
-
-    def codegen(context, builder, sig, args):
-        arr = _Arrays(context, builder, sig, args)
-        ptr = builder.gep(arr.data(0), [arr.int(1)])
-        fn = _fn(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr.type, I32, I32, I32])
-        builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
