@@ -43,7 +43,10 @@ def matmul_many(raws, codes, X, Ys):
     xs = np.empty((n_tok, n // QK), np.float32)
     qxk, dxk = np.empty((n_tok, n), np.int8), np.empty((n_tok, n // QK_K), np.float32)
     bsk = np.empty((n_tok, n // 16), np.int32)
-    starts = np.zeros(n_mats + 1, np.int64)  # first task of each matrix
+    # the first task of each matrix (np.empty: numba makes np.zeros in a parallel function a parallel loop of its
+    # own, one more fork and join per call)
+    starts = np.empty(n_mats + 1, np.int64)
+    starts[0] = 0
     need_k = need_0 = False
     for m in range(n_mats):
         starts[m + 1] = starts[m] + (raws[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
