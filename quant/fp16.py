@@ -12,7 +12,7 @@ from numba.extending import intrinsic
 
 
 @intrinsic
-def _bits_as_f32(typingctx, bits):
+def bits_as_f32(typingctx, bits):
     """Reinterpret the 32 bits of a uint32 as a float32 (no conversion)."""
     if bits != types.uint32:
         return None
@@ -35,6 +35,21 @@ def _f32_bits(typingctx, f):
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def widen(typingctx, x):
+    """x as float32: a float32 as it is; a uint16 as the fp16 whose bits it holds, by the CPU's conversion
+    (vcvtph2ps with F16C: exact, NaN payloads quieted). The element of an f32 or an f16 KV cache (runtime.layers)."""
+    if x == types.float32:
+        return types.float32(x), lambda context, builder, signature, args: args[0]
+    if x != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(x), codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def half_to_float(h):
     """fp16 bit pattern (an integer 0..0xFFFF) -> float32, exact for every value."""
@@ -43,7 +58,7 @@ def half_to_float(h):
     em = h & 0x7FFF  # exponent and mantissa
     # normal: rebias the exponent (127 - 15 = 112); inf / NaN: all-ones exponent, payload kept
     bits = (em << 13) | 0x7F800000 if em >= 0x7C00 else (em << 13) + (112 << 23)
-    f = _bits_as_f32(np.uint32(sign | bits))
+    f = bits_as_f32(np.uint32(sign | bits))
     sub = np.float32(em) * np.float32(2.0**-24)  # zero / subnormal: exact in float32
     if em < 0x0400:
         f = -sub if sign else sub
@@ -59,7 +74,7 @@ def load_f16(src, i):
 @njit(cache=True, nogil=True, inline="always")
 def bfloat_to_float(h):
     """bfloat16 bit pattern (an integer 0..0xFFFF) -> float32: its bits are the top half of an fp32."""
-    return _bits_as_f32(np.uint32(np.int64(h) << 16))
+    return bits_as_f32(np.uint32(np.int64(h) << 16))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -77,7 +92,7 @@ def load_u32(src, i):
 @njit(cache=True, nogil=True, inline="always")
 def load_f32(src, i):
     """The float32 stored little-endian at src[i:i+4]."""
-    return _bits_as_f32(np.uint32(load_u32(src, i)))
+    return bits_as_f32(np.uint32(load_u32(src, i)))
 
 
 @njit(cache=True, nogil=True)

@@ -25,7 +25,15 @@ def _model_options(p: argparse.ArgumentParser):
     p.add_argument("-c", "--ctx-size", type=int, default=None,
                    help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    cache_options(p)
     gpu.add_arguments(p)
+
+
+def cache_options(p: argparse.ArgumentParser):
+    """-ctk / -ctv, llama.cpp's spellings, for every command that runs generations."""
+    for short, name, what in (("-ctk", "k", "keys"), ("-ctv", "v", "values")):
+        p.add_argument(short, f"--cache-type-{name}", choices=("f16", "f32"), default="f16",
+                       help=f"KV cache element type of the {what} (default: %(default)s)")
 
 
 def _sampling_options(p: argparse.ArgumentParser):
@@ -61,7 +69,8 @@ def _sampling_params(args):
 def _load(args):
     from .llm import LLM  # imported lazily: `llamba list`/`pull` start without numba
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, special=args.special,
-              n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu)
+              n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu, type_k=args.cache_type_k,
+              type_v=args.cache_type_v)
     if llm.model.gpu is not None:
         print(f"llamba: offloaded {llm.model.gpu}", file=sys.stderr)
     return llm

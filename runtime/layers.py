@@ -12,7 +12,11 @@ import numpy as np
 from numba import njit, prange
 
 from quant import QMatrix
+from quant.fp16 import bits_as_f32, widen
 from quant.matrix import MatrixGroup
+from quant.types import GGMLType
+
+from .errors import LlambaError
 
 if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
     from .archs.base import RopeScaling
@@ -149,10 +153,11 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     end = pos + n
     start = max(0, pos - window + 1) if window else 0
     if n == 1:  # decoding: one fused kernel instead of a dozen array operations
-        _attend_one(q[0], k_cache, v_cache, start, end, scale, _NO_SLOPES if slopes is None else slopes, out[0])
+        _attend_one(q[0], _elements(k_cache), _elements(v_cache), start, end, scale,
+                    _NO_SLOPES if slopes is None else slopes, out[0])
         return out
-    keys = k_cache[:, start:end]  # (n_kv, T, hd)
-    vals = v_cache[:, start:end]
+    keys = k_cache[:, start:end].astype(np.float32, copy=False)  # (n_kv, T, hd)
+    vals = v_cache[:, start:end].astype(np.float32, copy=False)
     qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
     s = np.matmul(qg, keys.transpose(0, 2, 1))  # (n_kv, n * rep, T)
     s *= scale
@@ -175,6 +180,12 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
 
 
 _NO_SLOPES = np.zeros(0, np.float32)
+
+
+def _elements(cache: np.ndarray) -> np.ndarray:
+    """A cache as the kernels take it: float32, or float16 as its bits (uint16; Numba has no float16 on the CPU,
+    the kernels widen each element with quant.fp16.widen)."""
+    return cache.view(np.uint16) if cache.dtype == np.float16 else cache
 
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
@@ -231,6 +242,24 @@ def _attend_task(task, q, k_cache, v_cache, start, end, scale, slopes, top, tota
                   slopes[kv * rep:(kv + 1) * rep] if slopes.size else slopes, top[kv, c], total[kv, c], o[kv, c])
 
 
+@njit(cache=True, nogil=True, inline="always", fastmath={"contract"})
+def _exp(x):
+    """exp(x) for x <= 0 in float32, within 2 units in the last place (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2,
+    a degree-7 polynomial in r times 2^n), as branch-free arithmetic that vectorizes: numba's np.exp calls libm per
+    element, 4x slower (the softmax over a long context's scores). Below -87 (exp < 1.7e-38) it gives exp(-87)."""
+    x = max(x, np.float32(-87.0))
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))  # round(x / ln2)
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)  # x - n ln2, ln2 in two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * bits_as_f32(np.uint32((np.int32(n) + np.int32(127)) * np.int32(1 << 23)))  # times 2^n
+
+
 @njit(cache=True, nogil=True, fastmath=FAST)
 def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
     # q (rep, hd) the query heads of one kv head over its keys, vals (n_ctx, hd) at t0..t1-1 (the query is at
@@ -241,27 +270,47 @@ def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
         for r in range(rep):
             dot = np.float32(0.0)
             for i in range(hd):  # hot loop
-                dot += q[r, i] * keys[t, i]
+                dot += q[r, i] * widen(keys[t, i])
             s[r, t - t0] = dot * scale + (slopes[r] * np.float32(t - end + 1) if slopes.size else np.float32(0.0))
     for r in range(rep):
-        top[r] = s[r].max()
-        s[r] = np.exp(s[r] - top[r])
-        total[r] = s[r].sum()
+        m, norm = s[r].max(), np.float32(0.0)
+        for t in range(t1 - t0):  # hot loop
+            e = _exp(s[r, t] - m)
+            s[r, t] = e
+            norm += e
+        top[r], total[r] = m, norm
     o[:] = 0.0
     for t in range(t0, t1):
         for r in range(rep):
             p = s[r, t - t0]
             for i in range(hd):  # hot loop
-                o[r, i] += p * vals[t, i]
+                o[r, i] += p * widen(vals[t, i])
+
+
+CACHE_TYPES = {"f32": np.float32, "f16": np.float16}  # llama.cpp's --cache-type-k / -v spellings; f16 its default
+_GGML_CACHE_TYPES = {int(GGMLType.F32): "f32", int(GGMLType.F16): "f16"}  # llama_cpp.Llama's type_k / type_v
+
+
+def cache_dtype(name) -> np.dtype:
+    """The element type of a KV cache type: its name, or its GGMLType number as llama_cpp.Llama takes it (0 F32,
+    1 F16); LlambaError for another (llama.cpp's quantized caches, q8_0 ..., are not implemented)."""
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        name = _GGML_CACHE_TYPES.get(int(name), name)
+    if name not in CACHE_TYPES:
+        raise LlambaError(f"unknown or unsupported KV cache type {name!r}: choose one of {', '.join(CACHE_TYPES)}")
+    return np.dtype(CACHE_TYPES[name])
 
 
 class KVCache:
-    """Keys and values of every layer for n_ctx positions, float32 (n_layer, n_head_kv, n_ctx, head_dim); `device`:
-    those of the layers offloaded to a GPU (runtime/gpu), which k and v leave out."""
+    """Keys and values of every layer for n_ctx positions (n_layer, n_head_kv, n_ctx, head_dim), float16 (what
+    llama.cpp keeps by default: half the memory and half the reading of attention over a long context) or float32
+    (type_k, type_v of CACHE_TYPES); `device`: those of the layers offloaded to a GPU (runtime/gpu), which k and v
+    leave out."""
 
-    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int):
-        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
-        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), np.float32)
+    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, type_k: str = "f16",
+                 type_v: str = "f16"):
+        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), cache_dtype(type_k))
+        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), cache_dtype(type_v))
         self.device = None
 
     @property

@@ -10,7 +10,19 @@ from quant import TYPES, GGMLType, QMatrix, blocks, dequantize
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
-from .layers import Buffers, DecoderLayer, KVCache, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear, matrices
+from .layers import (
+    Buffers,
+    DecoderLayer,
+    KVCache,
+    LayerWeights,
+    MoE,
+    Norm,
+    RoPE,
+    alibi_slopes,
+    cache_dtype,
+    linear,
+    matrices,
+)
 from .threads import blas_threads, on_kernel_thread
 
 DEFAULT_MAX_CTX = 4096
@@ -136,12 +148,16 @@ class Model:
 
     The model holds no conversation state: each caller owns its KV caches (new_cache()), so several conversations
     share one set of weights. Its activation buffers are shared, though: one forward at a time per model.
-    n_gpu_layers: the last layers (and the head past n_layer) run on the GPU, `gpu` the offload (runtime/gpu)."""
+    n_gpu_layers: the last layers (and the head past n_layer) run on the GPU, `gpu` the offload (runtime/gpu).
+    type_k, type_v: the element type of the caches' keys and values (layers.CACHE_TYPES: "f16", llama.cpp's default,
+    or "f32")."""
 
     check_finite = True  # non-finite logits raise NumericsError (the warm-up's scratch models turn it off)
 
-    def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0):
+    def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0,
+                 type_k: str = "f16", type_v: str = "f16"):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
+        self.type_k, self.type_v = type_k, type_v
         self.closed = False
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
@@ -192,8 +208,8 @@ class Model:
         c, n = self.config, self.n_ctx if n_ctx is None else n_ctx
         if not 0 < n <= self.n_ctx:
             raise ContextOverflowError(f"a KV cache of {n} positions: the model was loaded for 1..{self.n_ctx}")
-        _check_memory(c, n, tables=False)
-        cache = KVCache(len(self.layers), c.n_head_kv, n, c.head_dim)  # the CPU's layers
+        _check_memory(c, n, self.type_k, self.type_v, tables=False)
+        cache = KVCache(len(self.layers), c.n_head_kv, n, c.head_dim, self.type_k, self.type_v)  # the CPU's layers
         if self.gpu is not None:
             cache.device = self.gpu.new_cache(n)
         return cache
@@ -315,9 +331,10 @@ def nonfinite_tensors(gguf: GGUFFile) -> str:
     return f"tensors holding NaN or infinity: {listed}{' and more' if len(bad) > 3 else ''} (a damaged file?)"
 
 
-def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: int = 0) -> Model:
+def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: int = 0, type_k: str = "f16",
+               type_v: str = "f16") -> Model:
     """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096); n_gpu_layers,
-    main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only)."""
+    main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only); type_k, type_v: the KV cache's element types (Model)."""
     gguf = src if isinstance(src, GGUFFile) else GGUFFile(os.fspath(src))
     config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
     if n_ctx is None:
@@ -327,16 +344,17 @@ def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: i
     if n_ctx > config.context_length:
         raise ContextOverflowError(f"n_ctx {n_ctx} exceeds the {config.context_length} positions {config.arch} was "
                                    f"trained for ({config.arch}.context_length); use at most that")
-    _check_memory(config, int(n_ctx))
-    return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu)
+    _check_memory(config, int(n_ctx), type_k, type_v)
+    return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu, type_k, type_v)
 
 
-def _check_memory(config, n_ctx: int, tables: bool = True) -> None:
-    """Refuse a context whose KV cache (float32 K and V of every layer) and, with tables, RoPE tables would not fit
+def _check_memory(config, n_ctx: int, type_k: str, type_v: str, tables: bool = True) -> None:
+    """Refuse a context whose KV cache (K and V of every layer) and, with tables, RoPE tables would not fit
     in the memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked).
     load_model checks the tables and one cache (a model is of no use without one); Model.new_cache each cache."""
     c = config
-    need = 2 * 4 * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
+    size = cache_dtype(type_k).itemsize + cache_dtype(type_v).itemsize  # bytes of one K and one V element
+    need = size * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

@@ -7,7 +7,8 @@ LlambaError.
 
 File format: an uncompressed numpy .npz (a zip whose members carry CRC-32s, so damage is detected when read) with
 `header` (UTF-8 JSON: format, version, model, model_name, n_ctx), `tokens` (n,) int32, `k` and `v`
-(n_layer, n_head_kv, n, head_dim) float32.
+(n_layer, n_head_kv, n, head_dim) in the cache's element type (float16 or float32; a state restores into a cache of
+either type, converted).
 """
 
 import hashlib
@@ -30,8 +31,8 @@ class SessionState:
     model_name: str  # its file's name, for messages
     n_ctx: int
     tokens: np.ndarray  # (n,) int32
-    k: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float32
-    v: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float32
+    k: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32
+    v: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32
 
     @property
     def n_tokens(self) -> int:
@@ -100,9 +101,9 @@ def restore(ctx, state: SessionState) -> None:
     n = state.n_tokens
     shape = (c.n_layer, c.n_head_kv, n, c.head_dim)
     if (state.tokens.ndim != 1 or not np.issubdtype(state.tokens.dtype, np.integer) or n > m.n_ctx
-            or any(a.shape != shape or a.dtype != np.float32 for a in (state.k, state.v))):
+            or any(a.shape != shape or a.dtype not in (np.float16, np.float32) for a in (state.k, state.v))):
         raise LlambaError(f"the state's arrays do not fit this model: tokens {state.tokens.shape}, K {state.k.shape}, "
-                          f"V {state.v.shape}; expected ({n},) and float32 {shape} with n <= {m.n_ctx}")
+                          f"V {state.v.shape}; expected ({n},) and float16 or float32 {shape} with n <= {m.n_ctx}")
     if n and not 0 <= state.tokens.min() <= state.tokens.max() < m.n_vocab:
         raise LlambaError(f"the state's token ids lie outside the vocabulary (0..{m.n_vocab - 1})")
     ctx.tokens = []

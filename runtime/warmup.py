@@ -118,7 +118,8 @@ def _steps(model) -> list:
     ids = np.arange(large, dtype=np.int32) % min(model.n_vocab, ROWS)
     for layer in layers.values():
         m = _scratch(model, layer)
-        kv = KVCache(1, model.config.n_head_kv, 1 + 2 * small + 2 * large, model.config.head_dim)
+        kv = KVCache(1, model.config.n_head_kv, 1 + 2 * small + 2 * large, model.config.head_dim, model.type_k,
+                     model.type_v)
         steps += [lambda m=m, kv=kv: m.forward(ids[:1], 0, kv),  # decode
                   lambda m=m, kv=kv: m.forward(ids[:small], 1, kv),  # a short prompt
                   lambda m=m, kv=kv: m.forward(ids, 1 + small, kv),  # a long prompt, its last token (the batch head)
@@ -126,7 +127,8 @@ def _steps(model) -> list:
                   lambda m=m, kv=kv: m.forward(ids[:small], 1 + small + 2 * large, kv, all_logits=True)]
     c = model.config  # decode attention over enough keys to run its parallel kernel
     n_keys = -(-ATT_PARALLEL // (c.n_head * c.head_dim)) + 1
-    k, v = rng.standard_normal((2, c.n_head_kv, n_keys, c.head_dim)).astype(np.float32)
+    kv = KVCache(1, c.n_head_kv, n_keys, c.head_dim, model.type_k, model.type_v)  # the cache's element types
+    k, v = kv.k[0], kv.v[0]
     q = rng.standard_normal((1, c.n_head, c.head_dim)).astype(np.float32)
     att = np.empty((1, c.n_head * c.head_dim), np.float32)
     steps.append(lambda: attention(q, k, v, n_keys - 1, 1.0, 0, att))

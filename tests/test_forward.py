@@ -12,6 +12,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf_reference import reference_model, reference_tokenizer
+from numba import njit
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -19,7 +20,7 @@ import runtime.model
 from runtime.archs.base import RopeScaling
 from runtime.errors import ContextOverflowError, LlambaError, UnsupportedError
 from runtime.gguf import GGUFFile
-from runtime.layers import ATT_PARALLEL, alibi_slopes, attention, layer_norm, rope_frequencies
+from runtime.layers import ATT_PARALLEL, _exp, alibi_slopes, attention, layer_norm, rope_frequencies
 from runtime.model import load_model
 
 TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -111,14 +112,35 @@ def test_kv_cache_decoding_matches_full_pass(case, monkeypatch):
     np.testing.assert_allclose(stepwise, full[n_prompt - 1:], rtol=0, atol=2e-3 * np.abs(full).max())
 
 
-def test_greedy_generation_matches_transformers(case):
-    kv = case.model.new_cache()
+@pytest.mark.parametrize("cache_type", ["f16", "f32"])
+def test_greedy_generation_matches_transformers(case, cache_type):
+    model = load_model(case.model.gguf.path, n_ctx=256, type_k=cache_type, type_v=cache_type)
+    kv = model.new_cache()
     for prompt, expected in case.greedy:
-        ids, logits = list(prompt), case.model.forward(prompt, 0, kv)
+        ids, logits = list(prompt), model.forward(prompt, 0, kv)
         for _ in range(16):
             ids.append(int(logits.argmax()))
-            logits = case.model.forward(ids[-1:], len(ids) - 1, kv)
+            logits = model.forward(ids[-1:], len(ids) - 1, kv)
         assert ids[len(prompt):] == expected
+
+
+def test_kv_cache_types(model_path):
+    """f16 (the default, llama.cpp's) holds the keys and values an f32 cache holds, rounded to nearest even; names
+    and llama_cpp.Llama's GGML type numbers are accepted, anything else is refused by name."""
+    path = model_path("smollm2-135m-instruct")
+    f16, f32 = load_model(path, n_ctx=64), load_model(path, n_ctx=64, type_k=0, type_v="f32")
+    c16, c32 = f16.new_cache(), f32.new_cache()
+    assert (c16.k.dtype, c16.v.dtype, c32.k.dtype, c32.v.dtype) == (np.float16, np.float16, np.float32, np.float32)
+    assert c16.nbytes * 2 == c32.nbytes
+    ids = np.arange(100, 140)
+    l16, l32 = f16.forward(ids, 0, c16), f32.forward(ids, 0, c32)
+    for a, b in ((c16.k, c32.k), (c16.v, c32.v)):  # layer 0 sees the same input in both
+        np.testing.assert_array_equal(a[0, :, :40], b[0, :, :40].astype(np.float16))
+    assert np.corrcoef(l16, l32)[0, 1] > 0.9999 and l16.argmax() == l32.argmax()
+    assert load_model(path, n_ctx=8, type_k=1, type_v="f16").new_cache().k.dtype == np.float16
+    for bad in ("q8_0", 8, "float16"):
+        with pytest.raises(LlambaError, match=f"unsupported KV cache type {bad!r}"):
+            load_model(path, n_ctx=8, type_v=bad)
 
 
 def test_context_overflow(model_path):
@@ -146,10 +168,10 @@ def test_context_is_capped_and_its_memory_checked(model_path):
     with pytest.raises(LlambaError, match="positive integer"):
         load_model(path, n_ctx=True)
     config = load_model(path, n_ctx=8).config
-    wide = dataclasses.replace(config, n_layer=10**6)  # 720 TB of KV cache at 8192 positions
+    wide = dataclasses.replace(config, n_layer=10**6)  # 360 TB of f16 KV cache at 8192 positions
     with pytest.raises(LlambaError, match=r"needs \d+\.\d GiB for its KV cache"):
-        runtime.model._check_memory(wide, 8192)
-    runtime.model._check_memory(config, 8192)  # 0.4 GB: fits
+        runtime.model._check_memory(wide, 8192, "f16", "f16")
+    runtime.model._check_memory(config, 8192, "f32", "f32")  # 0.4 GB: fits
 
 
 def test_default_context_and_attributes(model_path):
@@ -230,13 +252,16 @@ def test_layer_norm_matches_torch(rng):
     np.testing.assert_allclose(layer_norm(x, w, b, 1e-5, np.empty_like(x)), ref.numpy(), atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # the KV cache's element types
 @pytest.mark.parametrize("window", [0, 3])
-def test_attention_matches_torch(rng, window):
-    """GQA (6 query heads over 2 kv heads), 5 queries at positions 4..8, causal and sliding-window masks."""
+def test_attention_matches_torch(rng, window, dtype):
+    """GQA (6 query heads over 2 kv heads), 5 queries at positions 4..8, causal and sliding-window masks; torch
+    computes in float32 from the values the cache holds."""
     n, pos, n_head, n_kv, hd = 5, 4, 6, 2, 8
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
-    k, v = (rng.standard_normal((n_kv, 16, hd)).astype(np.float32) for _ in range(2))
-    ours = attention(q, k, v, pos, 0.3, window, np.empty((n, n_head * hd), np.float32))
+    cache = [rng.standard_normal((n_kv, 16, hd)).astype(dtype) for _ in range(2)]
+    ours = attention(q, *cache, pos, 0.3, window, np.empty((n, n_head * hd), np.float32))
+    k, v = (a.astype(np.float32) for a in cache)
     qpos, kpos = torch.arange(pos, pos + n)[:, None], torch.arange(pos + n)[None, :]
     visible = (kpos <= qpos) & ((qpos - kpos < window) if window else True)  # (n, pos + n)
     rep = n_head // n_kv
@@ -246,17 +271,20 @@ def test_attention_matches_torch(rng, window):
     np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # the KV cache's element types
 @pytest.mark.parametrize("hd", [16, 128])  # the decode kernel's tasks on the calling thread, and in parallel
 @pytest.mark.parametrize("window, alibi", [(0, False), (300, False), (0, True)])
-def test_decode_attention_matches_torch(rng, window, alibi, hd):
+def test_decode_attention_matches_torch(rng, window, alibi, hd, dtype):
     """One query over 600 cached positions (three key chunks of the decode kernel, merged): GQA, sliding window,
-    ALiBi slopes."""
+    ALiBi slopes (scores spread over 300: the softmax's exp sees arguments down to its underflow clamp); torch
+    computes in float32 from the values the cache holds."""
     pos, n_head, n_kv = 599, 8, 2
     assert ((pos + 1) * n_head * hd >= ATT_PARALLEL) == (hd == 128)
     q = rng.standard_normal((1, n_head, hd)).astype(np.float32)
-    k, v = (rng.standard_normal((n_kv, 640, hd)).astype(np.float32) for _ in range(2))
+    cache = [rng.standard_normal((n_kv, 640, hd)).astype(dtype) for _ in range(2)]
     slopes = alibi_slopes(n_head, 8.0) if alibi else None
-    ours = attention(q, k, v, pos, 0.3, window, np.empty((1, n_head * hd), np.float32), slopes)
+    ours = attention(q, *cache, pos, 0.3, window, np.empty((1, n_head * hd), np.float32), slopes)
+    k, v = (a.astype(np.float32) for a in cache)
     kpos = torch.arange(pos + 1)
     bias = torch.where((pos - kpos < window) if window else kpos >= 0, 0.0, -torch.inf)  # (pos + 1,)
     bias = bias[None, None, :] + (0 if slopes is None else torch.from_numpy(slopes)[:, None, None] * (kpos - pos))
@@ -265,3 +293,22 @@ def test_decode_attention_matches_torch(rng, window, alibi, hd):
     ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kt, vt,
                                                            attn_mask=bias.float(), scale=0.3)  # (n_head, 1, hd)
     np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(1, -1).numpy(), atol=1e-5)
+
+
+@njit
+def _softmax_exp(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = _exp(x[i])
+    return out
+
+
+def test_softmax_exp_within_two_ulp():
+    """The decode kernel's vectorizable exp against float64's over its whole range x <= 0 (every float32 from -87 to
+    0 in steps of 2^-10, and the binade ends), and its clamp below -87."""
+    x = np.concatenate([np.arange(-87 * 1024, 1) / np.float32(1024), -np.ldexp(1.0, np.arange(-30, 7))])
+    x = x.astype(np.float32)
+    ours, ref = _softmax_exp(x), np.exp(x.astype(np.float64))
+    ulp = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert (np.abs(ours - ref) <= 2 * ulp).all(), np.abs(ours - ref)[np.abs(ours - ref) > 2 * ulp][:5]
+    assert _softmax_exp(np.float32([-88.0, -1e30, -np.inf])).tolist() == [np.float32(np.exp(-87.0))] * 3

@@ -47,7 +47,7 @@ def test_sessions_keep_their_own_cache_and_prompt(llm):
 def test_each_cache_allocation_checks_the_memory(llm, monkeypatch):
     import runtime.model
 
-    def refuse(config, n_ctx, tables=True):
+    def refuse(config, n_ctx, type_k, type_v, tables=True):
         raise LlambaError(f"a context of {n_ctx} tokens needs more memory (tables={tables})")
 
     monkeypatch.setattr(runtime.model, "_check_memory", refuse)
@@ -124,6 +124,28 @@ def test_state_in_a_fresh_llm_resumes_identically(llm, model_path, tmp_path):
         other.load_state(tmp_path / "chat.state")
         assert other.generate(history, **GREEDY) == expected
         assert other.last_stats.n_reused == len(history) - 1
+
+
+def test_state_moves_between_cache_types(llm, model_path, tmp_path):
+    """A state keeps the cache's element type (f16 by default, half the file); an f32-cache LLM restores it exactly
+    widened, and its own state restores into an f16 cache rounded to nearest even."""
+    ids = llm.tokenize(PROMPTS[1])
+    llm.reset()
+    llm.generate(ids, **GREEDY)
+    state = llm.save_state(tmp_path / "f16.state")
+    assert state.k.dtype == state.v.dtype == np.float16
+    n = state.n_tokens
+    with LLM(model_path(MODEL), n_ctx=N_CTX, n_threads=1, warmup=False, type_k="f32", type_v="f32") as wide:
+        wide.load_state(tmp_path / "f16.state")
+        cache = wide._ctx.cache
+        assert cache.k.dtype == np.float32
+        np.testing.assert_array_equal(cache.k[:, :, :n], state.k.astype(np.float32))
+        np.testing.assert_array_equal(cache.v[:, :, :n], state.v.astype(np.float32))
+        wide.generate(ids, **GREEDY)
+        back = wide.save_state()
+    assert back.k.dtype == np.float32
+    llm.load_state(back)
+    np.testing.assert_array_equal(llm._ctx.cache.k[:, :, :back.n_tokens], back.k.astype(np.float16))
 
 
 def test_state_of_another_model_or_context_is_refused(llm, model_path):

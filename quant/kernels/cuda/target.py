@@ -159,7 +159,7 @@ class Kernel:
 
 # intrinsics emit LLVM IR, so they have no Python body: their Python equivalents
 _PY_INTRINSICS = {
-    fp16._bits_as_f32: lambda bits: np.uint32(bits).view(np.float32),
+    fp16.bits_as_f32: lambda bits: np.uint32(bits).view(np.float32),
     fp16._f32_bits: lambda f: np.float32(f).view(np.uint32),
 }
 _twins: dict = {}  # id(function or globals) -> its twin
