@@ -161,7 +161,9 @@ def transformers_logits(model, tokens) -> np.ndarray:
 
 
 def llamba_logits(path, tokens) -> np.ndarray:
-    m = load_model(path)
+    """Logits of every token in one batch; the KV cache in f32, since float weights are held to transformers' float32
+    within 1e-4 (an f16 cache rounds K and V: ~2e-4; the cache types are tested in test_forward)."""
+    m = load_model(path, type_k="f32", type_v="f32")
     return m.forward(np.asarray(tokens), 0, m.new_cache(), all_logits=True).astype(np.float64)
 
 

@@ -122,7 +122,7 @@ def test_kv_cache_decoding_equals_full_pass(converted, kind):
     path, model = converted(kind, "f32")
     tokens = tokens_for(model)
     full = llamba_logits(path, tokens)  # (n, n_vocab)
-    m = load_model(path)
+    m = load_model(path, type_k="f32", type_v="f32")  # as llamba_logits
     kv = m.new_cache()
     steps = [m.forward(tokens[:24], 0, kv, all_logits=True)]
     steps += [m.forward(tokens[i:i + 1], i, kv, all_logits=True) for i in range(24, N_TOKENS)]

@@ -26,7 +26,7 @@ TRIPLES = [TEXTS,
 
 @pytest.fixture(scope="module")
 def llm(model_path):
-    with LLM(model_path(MODEL), n_ctx=64, n_threads=1) as llm:
+    with LLM(model_path(MODEL), n_ctx=64, n_threads=1, type_k="f32", type_v="f32") as llm:  # transformers' f32
         yield llm
 
 

@@ -146,7 +146,7 @@ def test_kv_cache_decoding_equals_full_pass(mixtral):
     _, model, path = mixtral
     tokens = _tokens(model)
     full = llamba_logits(path, tokens)  # (n_tokens, n_vocab), one batch
-    m = load_model(path)
+    m = load_model(path, type_k="f32", type_v="f32")  # as llamba_logits
     kv = m.new_cache()
     steps = [m.forward(tokens[:24], 0, kv, all_logits=True)] + [m.forward(tokens[i:i + 1], i, kv, all_logits=True)
                                                                 for i in range(24, N_TOKENS)]

@@ -161,6 +161,7 @@ class Kernel:
 _PY_INTRINSICS = {
     fp16.bits_as_f32: lambda bits: np.uint32(bits).view(np.float32),
     fp16._f32_bits: lambda f: np.float32(f).view(np.uint32),
+    fp16.widen: lambda x: np.float32(x.view(np.float16) if isinstance(x, np.uint16) else x),
 }
 _twins: dict = {}  # id(function or globals) -> its twin
 _keep: list = []  # the originals behind _twins' ids
