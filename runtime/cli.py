@@ -32,7 +32,7 @@ def _model_options(p: argparse.ArgumentParser):
 def cache_options(p: argparse.ArgumentParser):
     """-ctk / -ctv, llama.cpp's spellings, for every command that runs generations."""
     for short, name, what in (("-ctk", "k", "keys"), ("-ctv", "v", "values")):
-        p.add_argument(short, f"--cache-type-{name}", choices=("f16", "f32"), default="f16",
+        p.add_argument(short, f"--cache-type-{name}", choices=("f16", "f32", "q8_0"), default="f16",
                        help=f"KV cache element type of the {what} (default: %(default)s)")
 
 

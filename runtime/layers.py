@@ -12,11 +12,10 @@ import numpy as np
 from numba import njit, prange
 
 from quant import QMatrix
-from quant.fp16 import bits_as_f32, widen
+from quant.fp16 import bits_as_f32
 from quant.matrix import MatrixGroup
-from quant.types import GGMLType
 
-from .errors import LlambaError
+from .kvcache import kernel_view, key_dot, store, value_add, widened
 
 if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
     from .archs.base import RopeScaling
@@ -153,11 +152,11 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     end = pos + n
     start = max(0, pos - window + 1) if window else 0
     if n == 1:  # decoding: one fused kernel instead of a dozen array operations
-        _attend_one(q[0], _elements(k_cache), _elements(v_cache), start, end, scale,
+        _attend_one(q[0], kernel_view(k_cache), kernel_view(v_cache), start, end, scale,
                     _NO_SLOPES if slopes is None else slopes, out[0])
         return out
-    keys = k_cache[:, start:end].astype(np.float32, copy=False)  # (n_kv, T, hd)
-    vals = v_cache[:, start:end].astype(np.float32, copy=False)
+    keys = widened(k_cache, start, end, hd)  # (n_kv, T, hd)
+    vals = widened(v_cache, start, end, hd)
     qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
     s = np.matmul(qg, keys.transpose(0, 2, 1))  # (n_kv, n * rep, T)
     s *= scale
@@ -180,12 +179,6 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
 
 
 _NO_SLOPES = np.zeros(0, np.float32)
-
-
-def _elements(cache: np.ndarray) -> np.ndarray:
-    """A cache as the kernels take it: float32, or float16 as its bits (uint16; Numba has no float16 on the CPU,
-    the kernels widen each element with quant.fp16.widen)."""
-    return cache.view(np.uint16) if cache.dtype == np.float16 else cache
 
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
@@ -262,16 +255,14 @@ def _exp(x):
 
 @njit(cache=True, nogil=True, fastmath=FAST)
 def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
-    # q (rep, hd) the query heads of one kv head over its keys, vals (n_ctx, hd) at t0..t1-1 (the query is at
+    # q (rep, hd) the query heads of one kv head over its keys, vals (n_ctx, ...) at t0..t1-1 (the query is at
     # end - 1); slopes (rep,) or (0,). Out: top, total (rep,) largest score and sum of exp(score - top), o (rep, hd)
     rep, hd = q.shape
     s = np.empty((rep, t1 - t0), np.float32)  # scores, then exp(score - top)
     for t in range(t0, t1):
         for r in range(rep):
-            dot = np.float32(0.0)
-            for i in range(hd):  # hot loop
-                dot += q[r, i] * widen(keys[t, i])
-            s[r, t - t0] = dot * scale + (slopes[r] * np.float32(t - end + 1) if slopes.size else np.float32(0.0))
+            bias = slopes[r] * np.float32(t - end + 1) if slopes.size else np.float32(0.0)
+            s[r, t - t0] = key_dot(q[r], keys, t) * scale + bias
     for r in range(rep):
         m, norm = s[r].max(), np.float32(0.0)
         for t in range(t1 - t0):  # hot loop
@@ -282,44 +273,7 @@ def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
     o[:] = 0.0
     for t in range(t0, t1):
         for r in range(rep):
-            p = s[r, t - t0]
-            for i in range(hd):  # hot loop
-                o[r, i] += p * widen(vals[t, i])
-
-
-CACHE_TYPES = {"f32": np.float32, "f16": np.float16}  # llama.cpp's --cache-type-k / -v spellings; f16 its default
-_GGML_CACHE_TYPES = {int(GGMLType.F32): "f32", int(GGMLType.F16): "f16"}  # llama_cpp.Llama's type_k / type_v
-
-
-def cache_dtype(name) -> np.dtype:
-    """The element type of a KV cache type: its name, or its GGMLType number as llama_cpp.Llama takes it (0 F32,
-    1 F16); LlambaError for another (llama.cpp's quantized caches, q8_0 ..., are not implemented)."""
-    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-        name = _GGML_CACHE_TYPES.get(int(name), name)
-    if name not in CACHE_TYPES:
-        raise LlambaError(f"unknown or unsupported KV cache type {name!r}: choose one of {', '.join(CACHE_TYPES)}")
-    return np.dtype(CACHE_TYPES[name])
-
-
-class KVCache:
-    """Keys and values of every layer for n_ctx positions (n_layer, n_head_kv, n_ctx, head_dim), float16 (what
-    llama.cpp keeps by default: half the memory and half the reading of attention over a long context) or float32
-    (type_k, type_v of CACHE_TYPES); `device`: those of the layers offloaded to a GPU (runtime/gpu), which k and v
-    leave out."""
-
-    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, type_k: str = "f16",
-                 type_v: str = "f16"):
-        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), cache_dtype(type_k))
-        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), cache_dtype(type_v))
-        self.device = None
-
-    @property
-    def n_ctx(self) -> int:
-        return self.k.shape[2]
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+            value_add(o[r], s[r, t - t0], vals, t)
 
 
 # ---- feed-forward ------------------------------------------------------------------------------
@@ -546,8 +500,8 @@ class DecoderLayer:
             if self.rope is not None:
                 self.rope(qs, pos)
                 self.rope(ks, pos)
-            k_cache[:, pos:pos + m] = ks.transpose(1, 0, 2)
-            v_cache[:, pos:pos + m] = v[r:r + m].transpose(1, 0, 2)
+            store(k_cache, pos, ks)
+            store(v_cache, pos, v[r:r + m])
             attention(qs, k_cache, v_cache, pos, self.scale, self.window, b.att[r:r + m], self.alibi)
         y = linear(w.wo, b.att, b.o, w.bo)
         if self.parallel and w.ffn_norm is not None:  # None (falcon 7B): the MLP reads attn_norm's h too

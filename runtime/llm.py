@@ -97,8 +97,8 @@ class LLM:
     and its performance-only keywords such as n_batch: see completions.llama_init_args).
     `n_gpu_layers`, `main_gpu`: run the last layers on a GPU (llama.cpp's -ngl: past the layer count the output head
     too, -1 everything; needs `pip install -e ".[cuda]"`); `model.gpu` then says what went where.
-    `type_k`, `type_v`: the KV cache's element types, "f16" (None: the default, as llama.cpp's) or "f32", or their
-    GGML type numbers as llama_cpp.Llama takes them (1, 0).
+    `type_k`, `type_v`: the KV cache's element types, "f16" (None: the default, as llama.cpp's), "f32" or "q8_0", or
+    their GGML type numbers as llama_cpp.Llama takes them (1, 0, 8).
     `context_shift`: default for the calls' `context_shift`: when the context fills during a generation, keep the
     first `n_keep` tokens (-1: the whole prompt; a leading BOS token is kept too), drop the oldest half of the rest
     and go on (llama.cpp's context shift, see Context.shift) instead of stopping with stop_reason "context".

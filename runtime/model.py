@@ -10,19 +10,9 @@ from quant import TYPES, GGMLType, QMatrix, blocks, dequantize
 from . import archs
 from .errors import ContextOverflowError, GGUFError, LlambaError, NumericsError, UnsupportedError
 from .gguf import GGUFFile
-from .layers import (
-    Buffers,
-    DecoderLayer,
-    KVCache,
-    LayerWeights,
-    MoE,
-    Norm,
-    RoPE,
-    alibi_slopes,
-    cache_dtype,
-    linear,
-    matrices,
-)
+from .kvcache import TYPES as CACHE_BYTES
+from .kvcache import KVCache, cache_types
+from .layers import Buffers, DecoderLayer, LayerWeights, MoE, Norm, RoPE, alibi_slopes, linear, matrices
 from .threads import blas_threads, on_kernel_thread
 
 DEFAULT_MAX_CTX = 4096
@@ -149,15 +139,15 @@ class Model:
     The model holds no conversation state: each caller owns its KV caches (new_cache()), so several conversations
     share one set of weights. Its activation buffers are shared, though: one forward at a time per model.
     n_gpu_layers: the last layers (and the head past n_layer) run on the GPU, `gpu` the offload (runtime/gpu).
-    type_k, type_v: the element type of the caches' keys and values (layers.CACHE_TYPES: "f16", llama.cpp's default,
-    or "f32")."""
+    type_k, type_v: the element type of the caches' keys and values (kvcache.TYPES: "f16", llama.cpp's default, "f32"
+    or "q8_0")."""
 
     check_finite = True  # non-finite logits raise NumericsError (the warm-up's scratch models turn it off)
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0,
                  type_k: str = "f16", type_v: str = "f16"):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
-        self.type_k, self.type_v = type_k, type_v
+        self.type_k, self.type_v = cache_types(type_k, type_v, config.head_dim, bool(n_gpu_layers))
         self.closed = False
         c, w = config, Weights(gguf, config.norm_rms)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
@@ -353,8 +343,8 @@ def _check_memory(config, n_ctx: int, type_k: str, type_v: str, tables: bool = T
     in the memory available now, before allocating them (Linux: /proc/meminfo's MemAvailable; elsewhere unchecked).
     load_model checks the tables and one cache (a model is of no use without one); Model.new_cache each cache."""
     c = config
-    size = cache_dtype(type_k).itemsize + cache_dtype(type_v).itemsize  # bytes of one K and one V element
-    need = size * c.n_layer * c.n_head_kv * n_ctx * c.head_dim + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
+    size = sum(CACHE_BYTES[kind] for kind in cache_types(type_k, type_v, c.head_dim))  # bytes of a K and a V value
+    need = int(size * c.n_layer * c.n_head_kv * n_ctx * c.head_dim) + (3 * 8 * n_ctx * c.n_rot // 2 if tables else 0)
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

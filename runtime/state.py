@@ -7,8 +7,8 @@ LlambaError.
 
 File format: an uncompressed numpy .npz (a zip whose members carry CRC-32s, so damage is detected when read) with
 `header` (UTF-8 JSON: format, version, model, model_name, n_ctx), `tokens` (n,) int32, `k` and `v`
-(n_layer, n_head_kv, n, head_dim) in the cache's element type (float16 or float32; a state restores into a cache of
-either type, converted).
+(n_layer, n_head_kv, n, head_dim) in the cache's element type (float16 or float32, or uint8 (..., head_dim / 32 * 34)
+q8_0 blocks; a state restores into a cache of any type, converted).
 """
 
 import hashlib
@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quant import GGMLType, row_bytes
+
 from .errors import LlambaError
+from .kvcache import converted
 
 FORMAT, VERSION = "llamba-state", 1
 
@@ -31,8 +34,8 @@ class SessionState:
     model_name: str  # its file's name, for messages
     n_ctx: int
     tokens: np.ndarray  # (n,) int32
-    k: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32
-    v: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32
+    k: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32, or q8_0 blocks
+    v: np.ndarray  # (n_layer, n_head_kv, n, head_dim) float16 or float32, or q8_0 blocks
 
     @property
     def n_tokens(self) -> int:
@@ -99,17 +102,20 @@ def restore(ctx, state: SessionState) -> None:
     if state.n_ctx != m.n_ctx:
         raise LlambaError(f"this state was saved with n_ctx={state.n_ctx}; this model runs n_ctx={m.n_ctx}")
     n = state.n_tokens
-    shape = (c.n_layer, c.n_head_kv, n, c.head_dim)
+    shape = (c.n_layer, c.n_head_kv, n)
+    last = {np.dtype(np.float16): c.head_dim, np.dtype(np.float32): c.head_dim,
+            np.dtype(np.uint8): row_bytes(GGMLType.Q8_0, c.head_dim)}  # float values, or q8_0 blocks
     if (state.tokens.ndim != 1 or not np.issubdtype(state.tokens.dtype, np.integer) or n > m.n_ctx
-            or any(a.shape != shape or a.dtype not in (np.float16, np.float32) for a in (state.k, state.v))):
+            or any(a.dtype not in last or a.shape != shape + (last[a.dtype],) for a in (state.k, state.v))):
         raise LlambaError(f"the state's arrays do not fit this model: tokens {state.tokens.shape}, K {state.k.shape}, "
-                          f"V {state.v.shape}; expected ({n},) and float16 or float32 {shape} with n <= {m.n_ctx}")
+                          f"V {state.v.shape}; expected ({n},) and {shape + (c.head_dim,)} float16 or float32 (or "
+                          f"q8_0 blocks) with n <= {m.n_ctx}")
     if n and not 0 <= state.tokens.min() <= state.tokens.max() < m.n_vocab:
         raise LlambaError(f"the state's token ids lie outside the vocabulary (0..{m.n_vocab - 1})")
     ctx.tokens = []
     n_cpu = len(m.layers)  # the layers after these are on the GPU
-    ctx.cache.k[:, :, :n] = state.k[:n_cpu]
-    ctx.cache.v[:, :, :n] = state.v[:n_cpu]
+    ctx.cache.k[:, :, :n] = converted(state.k[:n_cpu], ctx.cache.k.dtype, c.head_dim)
+    ctx.cache.v[:, :, :n] = converted(state.v[:n_cpu], ctx.cache.v.dtype, c.head_dim)
     if m.gpu is not None:
-        m.gpu.write_cache(ctx.cache.device, state.k[n_cpu:], state.v[n_cpu:])
+        m.gpu.write_cache(ctx.cache.device, *(converted(a[n_cpu:], np.float32, c.head_dim) for a in (state.k, state.v)))
     ctx.tokens = state.tokens.tolist()

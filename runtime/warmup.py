@@ -23,7 +23,8 @@ from quant.jit import cache as jit_cache
 from quant.jit import stamp
 from quant.matrix import MatrixGroup
 
-from .layers import ATT_PARALLEL, KVCache, RoPE, attention, matrices
+from .kvcache import KVCache
+from .layers import ATT_PARALLEL, RoPE, attention, matrices
 from .model import UBATCH
 
 ROWS = 64  # rows of each weight kind (and of the output head) multiplied in the warm-up

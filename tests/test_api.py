@@ -16,7 +16,7 @@ import pytest
 from runtime import LLM, ContextOverflowError, LlambaError, SamplingParams
 from runtime.generate import Context, GenerationStats, StopMatcher, generate
 from runtime.gguf import GGUFFile
-from runtime.layers import KVCache
+from runtime.kvcache import KVCache
 from runtime.sampling import Sampler
 from runtime.tokenizer import Tokenizer
 

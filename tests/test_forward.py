@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import quants as gq
 from gguf_reference import reference_model, reference_tokenizer
 from numba import njit
 from transformers import LlamaConfig
@@ -20,6 +21,7 @@ import runtime.model
 from runtime.archs.base import RopeScaling
 from runtime.errors import ContextOverflowError, LlambaError, UnsupportedError
 from runtime.gguf import GGUFFile
+from runtime.kvcache import KVCache, cache_types, store, widened
 from runtime.layers import ATT_PARALLEL, _exp, alibi_slopes, attention, layer_norm, rope_frequencies
 from runtime.model import load_model
 
@@ -46,6 +48,20 @@ def _hf_gemma_window(hf, window: int):
     for layer in hf.model.layers:
         if layer.self_attn.sliding_window is not None:
             layer.self_attn.sliding_window = window
+
+
+CACHE_KINDS = ["f32", "f16", "q8_0"]  # the KV cache types
+
+
+def _cache(rng, shape, kind):
+    """A layer's cache (n_kv, n_ctx, ...) of random values as the cache type holds them, and the float32 values it
+    stands for: f16 rounded by numpy, q8_0 blocks written and read by gguf.quants (the block format's oracle)."""
+    values = rng.standard_normal(shape).astype(np.float32)
+    if kind == "q8_0":
+        blocks = gq.quantize(values, GGMLQuantizationType.Q8_0)
+        return blocks, gq.dequantize(blocks, GGMLQuantizationType.Q8_0).astype(np.float32)
+    held = values.astype(np.float16 if kind == "f16" else np.float32)
+    return held, held.astype(np.float32)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -112,7 +128,7 @@ def test_kv_cache_decoding_matches_full_pass(case, monkeypatch):
     np.testing.assert_allclose(stepwise, full[n_prompt - 1:], rtol=0, atol=2e-3 * np.abs(full).max())
 
 
-@pytest.mark.parametrize("cache_type", ["f16", "f32"])
+@pytest.mark.parametrize("cache_type", ["f16", "f32"])  # q8_0 (4 more bits of noise) may part from a near-tie
 def test_greedy_generation_matches_transformers(case, cache_type):
     model = load_model(case.model.gguf.path, n_ctx=256, type_k=cache_type, type_v=cache_type)
     kv = model.new_cache()
@@ -125,22 +141,50 @@ def test_greedy_generation_matches_transformers(case, cache_type):
 
 
 def test_kv_cache_types(model_path):
-    """f16 (the default, llama.cpp's) holds the keys and values an f32 cache holds, rounded to nearest even; names
-    and llama_cpp.Llama's GGML type numbers are accepted, anything else is refused by name."""
+    """f16 (the default, llama.cpp's) holds the keys and values an f32 cache holds rounded to nearest even, q8_0 them
+    quantized as gguf.quants quantizes Q8_0; names and llama_cpp.Llama's GGML type numbers are accepted, anything
+    else is refused by name."""
     path = model_path("smollm2-135m-instruct")
-    f16, f32 = load_model(path, n_ctx=64), load_model(path, n_ctx=64, type_k=0, type_v="f32")
-    c16, c32 = f16.new_cache(), f32.new_cache()
-    assert (c16.k.dtype, c16.v.dtype, c32.k.dtype, c32.v.dtype) == (np.float16, np.float16, np.float32, np.float32)
-    assert c16.nbytes * 2 == c32.nbytes
+    models = {kind: load_model(path, n_ctx=64, type_k=kind, type_v=kind) for kind in ("f16", "q8_0")}
+    models["f32"] = load_model(path, n_ctx=64, type_k=0, type_v="f32")
+    caches = {kind: m.new_cache() for kind, m in models.items()}
+    assert [(c.k.dtype, c.v.dtype, c.k.shape[-1]) for c in caches.values()] == [
+        (np.float16, np.float16, 64), (np.uint8, np.uint8, 68), (np.float32, np.float32, 64)]
+    assert caches["f16"].nbytes * 2 == caches["f32"].nbytes == caches["q8_0"].nbytes * 64 // 17
     ids = np.arange(100, 140)
-    l16, l32 = f16.forward(ids, 0, c16), f32.forward(ids, 0, c32)
-    for a, b in ((c16.k, c32.k), (c16.v, c32.v)):  # layer 0 sees the same input in both
+    logits = {kind: m.forward(ids, 0, caches[kind]) for kind, m in models.items()}
+    c32 = caches["f32"]
+    for a, b in ((caches["f16"].k, c32.k), (caches["f16"].v, c32.v)):  # layer 0 sees the same input in all
         np.testing.assert_array_equal(a[0, :, :40], b[0, :, :40].astype(np.float16))
-    assert np.corrcoef(l16, l32)[0, 1] > 0.9999 and l16.argmax() == l32.argmax()
-    assert load_model(path, n_ctx=8, type_k=1, type_v="f16").new_cache().k.dtype == np.float16
-    for bad in ("q8_0", 8, "float16"):
+    for a, b in ((caches["q8_0"].k, c32.k), (caches["q8_0"].v, c32.v)):
+        np.testing.assert_array_equal(a[0, :, :40], gq.quantize(b[0, :, :40], GGMLQuantizationType.Q8_0))
+    for kind, min_corr in (("f16", 0.9999), ("q8_0", 0.999)):
+        assert np.corrcoef(logits[kind], logits["f32"])[0, 1] > min_corr
+        assert logits[kind].argmax() == logits["f32"].argmax()
+    assert load_model(path, n_ctx=8, type_k=1, type_v=8).new_cache().v.dtype == np.uint8
+    for bad in ("q4_0", 2, "float16"):
         with pytest.raises(LlambaError, match=f"unsupported KV cache type {bad!r}"):
             load_model(path, n_ctx=8, type_v=bad)
+    with pytest.raises(LlambaError, match="q8_0 KV cache needs a head size that is a multiple of 32, .* 48"):
+        KVCache(1, 1, 4, 48, "f16", "q8_0")
+    with pytest.raises(LlambaError, match="q8_0 KV cache with GPU offload is not supported"):
+        cache_types("q8_0", "f16", 64, offload=True)
+
+
+@pytest.mark.parametrize("kind", CACHE_KINDS)
+def test_cache_store_rounds_as_the_oracles(rng, kind):
+    """A layer's cache written at positions 3..7 holds the values numpy rounds to f16 or gguf.quants quantizes to
+    Q8_0, and is read back as the values those stand for; the other positions keep their zeros."""
+    values = rng.standard_normal((5, 2, 64)).astype(np.float32)  # (m, n_kv, head_dim) as a layer computes them
+    cache = KVCache(1, 2, 12, 64, kind, kind).k[0]
+    store(cache, 3, values)
+    held, stands_for = {"f32": (values, values), "f16": (values.astype(np.float16),) * 2,
+                        "q8_0": (gq.quantize(values, GGMLQuantizationType.Q8_0),
+                                 gq.dequantize(gq.quantize(values, GGMLQuantizationType.Q8_0),
+                                               GGMLQuantizationType.Q8_0))}[kind]
+    np.testing.assert_array_equal(cache[:, 3:8], held.transpose(1, 0, 2))
+    np.testing.assert_array_equal(widened(cache, 3, 8, 64), stands_for.transpose(1, 0, 2).astype(np.float32))
+    assert not cache[:, :3].any() and not cache[:, 8:].any()
 
 
 def test_context_overflow(model_path):
@@ -252,16 +296,15 @@ def test_layer_norm_matches_torch(rng):
     np.testing.assert_allclose(layer_norm(x, w, b, 1e-5, np.empty_like(x)), ref.numpy(), atol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # the KV cache's element types
+@pytest.mark.parametrize("kind", CACHE_KINDS)
 @pytest.mark.parametrize("window", [0, 3])
-def test_attention_matches_torch(rng, window, dtype):
+def test_attention_matches_torch(rng, window, kind):
     """GQA (6 query heads over 2 kv heads), 5 queries at positions 4..8, causal and sliding-window masks; torch
     computes in float32 from the values the cache holds."""
-    n, pos, n_head, n_kv, hd = 5, 4, 6, 2, 8
+    n, pos, n_head, n_kv, hd = 5, 4, 6, 2, 32
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
-    cache = [rng.standard_normal((n_kv, 16, hd)).astype(dtype) for _ in range(2)]
-    ours = attention(q, *cache, pos, 0.3, window, np.empty((n, n_head * hd), np.float32))
-    k, v = (a.astype(np.float32) for a in cache)
+    (kc, k), (vc, v) = (_cache(rng, (n_kv, 16, hd), kind) for _ in range(2))
+    ours = attention(q, kc, vc, pos, 0.3, window, np.empty((n, n_head * hd), np.float32))
     qpos, kpos = torch.arange(pos, pos + n)[:, None], torch.arange(pos + n)[None, :]
     visible = (kpos <= qpos) & ((qpos - kpos < window) if window else True)  # (n, pos + n)
     rep = n_head // n_kv
@@ -271,20 +314,19 @@ def test_attention_matches_torch(rng, window, dtype):
     np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # the KV cache's element types
-@pytest.mark.parametrize("hd", [16, 128])  # the decode kernel's tasks on the calling thread, and in parallel
+@pytest.mark.parametrize("kind", CACHE_KINDS)
+@pytest.mark.parametrize("hd", [32, 128])  # the decode kernel's tasks on the calling thread, and in parallel
 @pytest.mark.parametrize("window, alibi", [(0, False), (300, False), (0, True)])
-def test_decode_attention_matches_torch(rng, window, alibi, hd, dtype):
+def test_decode_attention_matches_torch(rng, window, alibi, hd, kind):
     """One query over 600 cached positions (three key chunks of the decode kernel, merged): GQA, sliding window,
     ALiBi slopes (scores spread over 300: the softmax's exp sees arguments down to its underflow clamp); torch
     computes in float32 from the values the cache holds."""
     pos, n_head, n_kv = 599, 8, 2
     assert ((pos + 1) * n_head * hd >= ATT_PARALLEL) == (hd == 128)
     q = rng.standard_normal((1, n_head, hd)).astype(np.float32)
-    cache = [rng.standard_normal((n_kv, 640, hd)).astype(dtype) for _ in range(2)]
+    (kc, k), (vc, v) = (_cache(rng, (n_kv, 640, hd), kind) for _ in range(2))
     slopes = alibi_slopes(n_head, 8.0) if alibi else None
-    ours = attention(q, *cache, pos, 0.3, window, np.empty((1, n_head * hd), np.float32), slopes)
-    k, v = (a.astype(np.float32) for a in cache)
+    ours = attention(q, kc, vc, pos, 0.3, window, np.empty((1, n_head * hd), np.float32), slopes)
     kpos = torch.arange(pos + 1)
     bias = torch.where((pos - kpos < window) if window else kpos >= 0, 0.0, -torch.inf)  # (pos + 1,)
     bias = bias[None, None, :] + (0 if slopes is None else torch.from_numpy(slopes)[:, None, None] * (kpos - pos))

@@ -5,6 +5,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
+from gguf import quants as gq
 
 from runtime import LLM, LlambaError
 from runtime.llm import Session
@@ -146,6 +148,25 @@ def test_state_moves_between_cache_types(llm, model_path, tmp_path):
     assert back.k.dtype == np.float32
     llm.load_state(back)
     np.testing.assert_array_equal(llm._ctx.cache.k[:, :, :back.n_tokens], back.k.astype(np.float16))
+
+
+def test_state_moves_to_and_from_q8_0(llm, model_path):
+    """q8_0 blocks in and out of a state: an f16 state is quantized as gguf.quants quantizes Q8_0, and a q8_0 state
+    (its blocks, 17/32 of f16's bytes) widens into an f16 cache as gguf.quants dequantizes them."""
+    ids = llm.tokenize(PROMPTS[0])
+    llm.reset()
+    llm.generate(ids, **GREEDY)
+    state = llm.save_state()
+    n, q8 = state.n_tokens, GGMLQuantizationType.Q8_0
+    with LLM(model_path(MODEL), n_ctx=N_CTX, n_threads=1, warmup=False, type_k="q8_0", type_v=8) as small:
+        small.load_state(state)
+        np.testing.assert_array_equal(small._ctx.cache.v[:, :, :n], gq.quantize(state.v.astype(np.float32), q8))
+        small.generate(ids, **GREEDY)
+        blocks = small.save_state()
+    assert blocks.k.dtype == np.uint8 and blocks.k.nbytes * 32 == state.k.nbytes * 17
+    llm.load_state(blocks)
+    np.testing.assert_array_equal(llm._ctx.cache.k[:, :, :blocks.n_tokens],
+                                  gq.dequantize(blocks.k, q8).astype(np.float16))
 
 
 def test_state_of_another_model_or_context_is_refused(llm, model_path):

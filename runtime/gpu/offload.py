@@ -3,7 +3,7 @@
 The model's CPU layers hand the hidden states over once per batch (one upload); the offloaded layers run on
 device buffers; the states come back once (one download), unless the head is on the GPU too, which downloads
 the logits instead. Nothing inside a step waits for the device but those copies. Each KV cache (Model.new_cache)
-holds the offloaded layers' keys and values on the device, as fp16 bits: `device` of layers.KVCache.
+holds the offloaded layers' keys and values on the device, as fp16 bits: `device` of kvcache.KVCache.
 """
 
 import numpy as np
