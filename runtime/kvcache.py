@@ -7,8 +7,8 @@
         by quant's Q8_0 quantizer (ggml's quantize_row_q8_0_ref, as llama.cpp writes its q8_0 cache).
 
 A layer's cache is (n_head_kv, n_ctx, head_dim), or (n_head_kv, n_ctx, head_dim / 32 * 34) uint8 for q8_0. Whatever
-the type, `store` writes positions, `widened` reads them back as float32 (prompt batches), and the decode kernels
-take one position at a time through `key_dot` / `value_add`.
+the type, `store` writes positions, `widened` reads them back as float32 (prompt batches), and the decode kernel takes
+a chunk of positions at a time through `chunk`.
 """
 
 import numpy as np
@@ -16,8 +16,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from quant import GGMLType, dequantize, quantize, row_bytes
-from quant.blocks import Q8_0_QS, Q8_0_SIZE, QK
-from quant.fp16 import load_f16, widen
+from quant.blocks import Q8_0_SIZE, QK
+from quant.dequant import decode_q8_0
 from quant.quantize import quantize_row_q8_0
 
 from .errors import LlambaError
@@ -110,55 +110,22 @@ def kernel_view(cache: np.ndarray) -> np.ndarray:
     return cache.view(np.uint16) if cache.dtype == np.float16 else cache
 
 
-def key_dot(q, keys, t):
-    """sum(q * keys[t]) in float32 for one position t of a kernel_view'd layer slice keys (n_ctx, ...) of one kv head:
-    a Numba function of the cache's element type (overloads below)."""
+def chunk(cache, t0, t1):
+    """Positions t0..t1-1 of one kv head's kernel_view'd cache (n_ctx, ...) for the decode kernel, whose elements it
+    widens with quant.fp16.widen: f32 and f16 as a view, q8_0 dequantized to float32 (t1 - t0, head_dim) (a Numba
+    function of the element type: the overloads below)."""
 
 
-def value_add(o, p, vals, t):
-    """o += p * vals[t] (o float32 (head_dim,)), like key_dot."""
-
-
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _int8(byte):
-    return np.float32((np.int32(byte) ^ 128) - 128)  # a uint8 byte as the int8 it holds
-
-
-@overload(key_dot, inline="always", fastmath=_FAST)
-def _key_dot(q, keys, t):
-    if keys.dtype == types.uint8:  # q8_0: d sum(q x) per block
-        def q8_0(q, keys, t):
-            total = np.float32(0.0)
-            for b in range(q.shape[0] // QK):
-                o, part = Q8_0_SIZE * b, np.float32(0.0)
-                for j in range(QK):  # hot loop
-                    part += q[QK * b + j] * _int8(keys[t, o + Q8_0_QS + j])
-                total += load_f16(keys[t], o) * part
-            return total
+@overload(chunk, inline="always")
+def _chunk(cache, t0, t1):
+    if cache.dtype == types.uint8:  # q8_0 blocks: value d q, as quant.dequantize computes it
+        def q8_0(cache, t0, t1):  # cache C-contiguous: its rows t0..t1-1 are one run of blocks
+            n_blocks = cache.shape[1] // Q8_0_SIZE
+            out = np.empty((t1 - t0, n_blocks * QK), np.float32)  # (t1 - t0, head_dim)
+            decode_q8_0(cache.reshape(-1), t0 * cache.shape[1], out.reshape(-1), 0, (t1 - t0) * n_blocks)
+            return out
         return q8_0
 
-    def elements(q, keys, t):  # f32, or f16 bits
-        dot = np.float32(0.0)
-        for i in range(q.shape[0]):  # hot loop
-            dot += q[i] * widen(keys[t, i])
-        return dot
-    return elements
-
-
-@overload(value_add, inline="always", fastmath=_FAST)
-def _value_add(o, p, vals, t):
-    if vals.dtype == types.uint8:
-        def q8_0(o, p, vals, t):
-            for b in range(o.shape[0] // QK):
-                pd = p * load_f16(vals[t], Q8_0_SIZE * b)
-                for j in range(QK):  # hot loop
-                    o[QK * b + j] += pd * _int8(vals[t, Q8_0_SIZE * b + Q8_0_QS + j])
-        return q8_0
-
-    def elements(o, p, vals, t):
-        for i in range(o.shape[0]):  # hot loop
-            o[i] += p * widen(vals[t, i])
+    def elements(cache, t0, t1):  # f32, or f16 bits
+        return cache[t0:t1]
     return elements

@@ -12,10 +12,10 @@ import numpy as np
 from numba import njit, prange
 
 from quant import QMatrix
-from quant.fp16 import bits_as_f32
+from quant.fp16 import bits_as_f32, widen
 from quant.matrix import MatrixGroup
 
-from .kvcache import kernel_view, key_dot, store, value_add, widened
+from .kvcache import chunk, kernel_view, store, widened
 
 if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
     from .archs.base import RopeScaling
@@ -185,6 +185,8 @@ FAST = {"reassoc", "contract", "nsz", "arcp"}
 ATT_CHUNK = 256  # keys per task of a decoding query: the tasks of every kv head and chunk run in parallel
 ATT_PARALLEL = 1 << 19  # ... when keys x query heads x head_dim reaches this (measured: below it, waking the threads
 # costs more than they save)
+ATT_SUB = 32  # keys widened at a time (q8_0: dequantized into a small scratch; a whole 256-key chunk at once measured
+# 9.0 against 4.6 ms an attention layer of the 7B shape at 4000 keys)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -259,10 +261,15 @@ def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
     # end - 1); slopes (rep,) or (0,). Out: top, total (rep,) largest score and sum of exp(score - top), o (rep, hd)
     rep, hd = q.shape
     s = np.empty((rep, t1 - t0), np.float32)  # scores, then exp(score - top)
-    for t in range(t0, t1):
-        for r in range(rep):
-            bias = slopes[r] * np.float32(t - end + 1) if slopes.size else np.float32(0.0)
-            s[r, t - t0] = key_dot(q[r], keys, t) * scale + bias
+    for u in range(t0, t1, ATT_SUB):
+        ks = chunk(keys, u, min(t1, u + ATT_SUB))  # (<= ATT_SUB, hd) float32 or f16 bits
+        for t in range(ks.shape[0]):
+            for r in range(rep):
+                dot = np.float32(0.0)
+                for i in range(hd):  # hot loop
+                    dot += q[r, i] * widen(ks[t, i])
+                bias = slopes[r] * np.float32(u + t - end + 1) if slopes.size else np.float32(0.0)
+                s[r, u - t0 + t] = dot * scale + bias
     for r in range(rep):
         m, norm = s[r].max(), np.float32(0.0)
         for t in range(t1 - t0):  # hot loop
@@ -271,9 +278,13 @@ def _attend_chunk(q, keys, vals, t0, t1, end, scale, slopes, top, total, o):
             norm += e
         top[r], total[r] = m, norm
     o[:] = 0.0
-    for t in range(t0, t1):
-        for r in range(rep):
-            value_add(o[r], s[r, t - t0], vals, t)
+    for u in range(t0, t1, ATT_SUB):
+        vs = chunk(vals, u, min(t1, u + ATT_SUB))
+        for t in range(vs.shape[0]):
+            for r in range(rep):
+                p = s[r, u - t0 + t]
+                for i in range(hd):  # hot loop
+                    o[r, i] += p * widen(vs[t, i])
 
 
 # ---- feed-forward ------------------------------------------------------------------------------
