@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quant import GGMLType, row_bytes
+from quant.blocks import QK
 
 from .errors import LlambaError
 from .kvcache import converted
@@ -103,8 +104,9 @@ def restore(ctx, state: SessionState) -> None:
         raise LlambaError(f"this state was saved with n_ctx={state.n_ctx}; this model runs n_ctx={m.n_ctx}")
     n = state.n_tokens
     shape = (c.n_layer, c.n_head_kv, n)
-    last = {np.dtype(np.float16): c.head_dim, np.dtype(np.float32): c.head_dim,
-            np.dtype(np.uint8): row_bytes(GGMLType.Q8_0, c.head_dim)}  # float values, or q8_0 blocks
+    last = {np.dtype(np.float16): c.head_dim, np.dtype(np.float32): c.head_dim}  # float values
+    if c.head_dim % QK == 0:  # or q8_0 blocks
+        last[np.dtype(np.uint8)] = row_bytes(GGMLType.Q8_0, c.head_dim)
     if (state.tokens.ndim != 1 or not np.issubdtype(state.tokens.dtype, np.integer) or n > m.n_ctx
             or any(a.dtype not in last or a.shape != shape + (last[a.dtype],) for a in (state.k, state.v))):
         raise LlambaError(f"the state's arrays do not fit this model: tokens {state.tokens.shape}, K {state.k.shape}, "
