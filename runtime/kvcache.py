@@ -7,8 +7,8 @@
         by quant's Q8_0 quantizer (ggml's quantize_row_q8_0_ref, as llama.cpp writes its q8_0 cache).
 
 A layer's cache is (n_head_kv, n_ctx, head_dim), or (n_head_kv, n_ctx, head_dim / 32 * 34) uint8 for q8_0. Whatever
-the type, `store` writes positions, `widened` reads them back as float32 (prompt batches), and the decode kernel takes
-a chunk of positions at a time through `chunk`.
+the type, `store` writes positions, `converted` reads them back as float32 (prompt batches), and the decode kernel
+takes a chunk of positions at a time through `chunk`.
 """
 
 import numpy as np
@@ -90,15 +90,10 @@ def _store_q8_0(values, cache, pos):
             quantize_row_q8_0(values[t, h], cache[h, pos + t])
 
 
-def widened(cache: np.ndarray, start: int, end: int, head_dim: int) -> np.ndarray:
-    """Positions start..end-1 of a layer's cache as float32 (n_kv, end - start, head_dim)."""
-    part = cache[:, start:end]
-    return dequantize(part, GGMLType.Q8_0, head_dim) if cache.dtype == np.uint8 else part.astype(np.float32)
-
-
 def converted(values: np.ndarray, dtype, head_dim: int) -> np.ndarray:
-    """values (..., head_dim) float16 / float32 or (..., row bytes) q8_0 blocks (uint8) as the cache array type dtype
-    (session states move between cache types: widened exactly, rounded to f16 or quantized to q8_0)."""
+    """values (..., head_dim) float16 / float32 or (..., row bytes) q8_0 blocks (uint8) as the cache array type dtype,
+    as they are when they have it: positions of a layer's cache as float32 for prompt batches, session states moving
+    between cache types (widened exactly, rounded to f16 or quantized to q8_0)."""
     if values.dtype == dtype:
         return values
     floats = dequantize(values, GGMLType.Q8_0, head_dim) if values.dtype == np.uint8 else values.astype(np.float32)

@@ -15,7 +15,7 @@ from quant import QMatrix
 from quant.fp16 import bits_as_f32, widen
 from quant.matrix import MatrixGroup
 
-from .kvcache import chunk, kernel_view, store, widened
+from .kvcache import chunk, converted, kernel_view, store
 
 if TYPE_CHECKING:  # archs build their models from these blocks, not the reverse
     from .archs.base import RopeScaling
@@ -155,8 +155,8 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
         _attend_one(q[0], kernel_view(k_cache), kernel_view(v_cache), start, end, scale,
                     _NO_SLOPES if slopes is None else slopes, out[0])
         return out
-    keys = widened(k_cache, start, end, hd)  # (n_kv, T, hd)
-    vals = widened(v_cache, start, end, hd)
+    keys = converted(k_cache[:, start:end], np.float32, hd)  # (n_kv, T, hd); an f32 cache's view, not a copy
+    vals = converted(v_cache[:, start:end], np.float32, hd)
     qg = q.reshape(n, n_kv, rep, hd).transpose(1, 0, 2, 3).reshape(n_kv, n * rep, hd)
     s = np.matmul(qg, keys.transpose(0, 2, 1))  # (n_kv, n * rep, T)
     s *= scale

@@ -21,7 +21,7 @@ import runtime.model
 from runtime.archs.base import RopeScaling
 from runtime.errors import ContextOverflowError, LlambaError, UnsupportedError
 from runtime.gguf import GGUFFile
-from runtime.kvcache import KVCache, cache_types, store, widened
+from runtime.kvcache import KVCache, cache_types, converted, store
 from runtime.layers import ATT_PARALLEL, _exp, alibi_slopes, attention, layer_norm, rope_frequencies
 from runtime.model import load_model
 
@@ -183,7 +183,8 @@ def test_cache_store_rounds_as_the_oracles(rng, kind):
                                  gq.dequantize(gq.quantize(values, GGMLQuantizationType.Q8_0),
                                                GGMLQuantizationType.Q8_0))}[kind]
     np.testing.assert_array_equal(cache[:, 3:8], held.transpose(1, 0, 2))
-    np.testing.assert_array_equal(widened(cache, 3, 8, 64), stands_for.transpose(1, 0, 2).astype(np.float32))
+    np.testing.assert_array_equal(converted(cache[:, 3:8], np.float32, 64),
+                                  stands_for.transpose(1, 0, 2).astype(np.float32))
     assert not cache[:, :3].any() and not cache[:, 8:].any()
 
 
