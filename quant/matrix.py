@@ -14,6 +14,7 @@ import numpy as np
 
 from .blocks import layout
 from .dequant import dequantize
+from .interleave import interleavable, interleave
 from .kernels import float_path as kernels_float
 from .kernels import int_path as kernels_int
 from .types import QK_K, GGMLType, QuantTypeError, row_bytes, type_info
@@ -63,7 +64,12 @@ def _pad(items: tuple, fill) -> tuple:
 
 
 class QMatrix:
-    def __init__(self, raw: np.ndarray, qtype, n_cols: int, path: str | None = None):
+    """raw (n_rows, row_bytes) GGML blocks (not copied). On the integer path, a type with 16-row kernels
+    (quant.interleave) is interleaved into a copy on its first product, unless `interleave` is False; then
+    `on_interleaved(raw)` is called (a memory-mapped file's owner can let the original pages go)."""
+
+    def __init__(self, raw: np.ndarray, qtype, n_cols: int, path: str | None = None, interleave: bool = True,
+                 on_interleaved=None):
         self.qtype = type_info(qtype).type
         if self.qtype == GGMLType.Q8_K:
             raise QuantTypeError("Q8_K is an activation type, not a weight type")
@@ -78,7 +84,7 @@ class QMatrix:
         self.raw = _readonly(np.ascontiguousarray(raw))  # (n_rows, row_bytes); no copy when contiguous
         self.n_cols = int(n_cols)
         self._block, self._sub = layout(self.qtype, self.n_cols)
-        self._group = _pad((self.raw,), _NO_RAW), (int(self.qtype),) * kernels_int.GROUP  # for matmul_many
+        self.interleave, self.on_interleaved, self._blocks = interleave, on_interleaved, None
 
     @property
     def n_rows(self) -> int:
@@ -91,6 +97,19 @@ class QMatrix:
     @property
     def _int(self) -> bool:
         return self.path == "int" and self.qtype not in _FLOAT_TYPES
+
+    @property
+    def blocks(self) -> tuple[np.ndarray, int]:
+        """(blocks, code) for the integer kernels: the interleaved groups (made on first use) with code
+        int(qtype) | INTERLEAVED, or GGML's rows with int(qtype)."""
+        if self._blocks is None:
+            if self.interleave and interleavable(self.qtype, self.n_rows):
+                self._blocks = _readonly(interleave(self.raw, self.qtype)), int(self.qtype) | kernels_int.INTERLEAVED
+                if self.on_interleaved is not None:
+                    self.on_interleaved(self.raw)
+            else:
+                self._blocks = self.raw, int(self.qtype)
+        return self._blocks
 
     @property
     def sgemm_tokens(self) -> int:
@@ -113,13 +132,17 @@ class QMatrix:
             raise IndexError(f"row id out of range for {self.n_rows} rows")
         return dequantize(self.raw[ids], self.qtype, self.n_cols)
 
+    def _kernel_args(self) -> tuple[tuple, tuple]:  # matmul_many's raws and codes
+        blocks, code = self.blocks
+        return _pad((blocks,), _NO_RAW), (code,) * kernels_int.GROUP
+
     def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # x (n_cols,) float32 -> (n_rows,) float32
         x = _f32(x, 1, self.n_cols, "x")
         direct = out is not None and out.dtype == np.float32 and out.shape == (self.n_rows,) and out.flags.c_contiguous
         y = out if direct else np.empty(self.n_rows, np.float32)
         if self._int:
-            kernels_int.matmul_many(*self._group, x[None], _pad((y[None],), _NO_Y))
+            kernels_int.matmul_many(*self._kernel_args(), x[None], _pad((y[None],), _NO_Y))
             return y if direct else _deliver(y, out)
         xsum = kernels_float.sub_sums(x, self._sub)
         kernels_float.matvec(self.raw, int(self.qtype), x, xsum, y)
@@ -136,7 +159,7 @@ class QMatrix:
                   and out.flags.c_contiguous)
         Y = out if direct else np.empty((X.shape[0], self.n_rows), np.float32)
         if self._int and X.shape[0] < self.sgemm_tokens:
-            kernels_int.matmul_many(*self._group, X, _pad((Y,), _NO_Y))
+            kernels_int.matmul_many(*self._kernel_args(), X, _pad((Y,), _NO_Y))
         else:
             kernels_float.matmul(self.raw, self.qtype, self.n_cols, X, Y)
         return Y if direct else _deliver(Y, out)
@@ -152,9 +175,6 @@ class MatrixGroup:
         self.fused = (all(m._int for m in self.mats) and len({m.n_cols for m in self.mats}) == 1
                       and len(self.mats) <= kernels_int.GROUP)
         self.sgemm_tokens = min(m.sgemm_tokens for m in self.mats)
-        if self.fused:
-            self.raws = _pad(tuple(m.raw for m in self.mats), _NO_RAW)
-            self.codes = _pad(tuple(int(m.qtype) for m in self.mats), int(self.mats[0].qtype))
 
     def __call__(self, X: np.ndarray, outs) -> None:
         # X (n, n_cols) float32 -> outs[i] (n, n_rows_i) float32 C-contiguous
@@ -167,4 +187,5 @@ class MatrixGroup:
             if y.dtype != np.float32 or y.shape != (X.shape[0], m.n_rows) or not y.flags.c_contiguous:
                 raise ValueError(f"out must be float32 of shape ({X.shape[0]}, {m.n_rows}), contiguous; got {y.dtype} "
                                  f"{y.shape}")
-        kernels_int.matmul_many(self.raws, self.codes, X, _pad(tuple(outs), _NO_Y))
+        blocks, codes = zip(*(m.blocks for m in self.mats), strict=True)
+        kernels_int.matmul_many(_pad(blocks, _NO_RAW), _pad(codes, codes[0]), X, _pad(tuple(outs), _NO_Y))

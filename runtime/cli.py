@@ -25,15 +25,18 @@ def _model_options(p: argparse.ArgumentParser):
     p.add_argument("-c", "--ctx-size", type=int, default=None,
                    help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all cores)")
-    cache_options(p)
+    memory_options(p)
     gpu.add_arguments(p)
 
 
-def cache_options(p: argparse.ArgumentParser):
-    """-ctk / -ctv, llama.cpp's spellings, for every command that runs generations."""
+def memory_options(p: argparse.ArgumentParser):
+    """-ctk / -ctv and -nr, llama.cpp's spellings, for every command that runs generations."""
     for short, name, what in (("-ctk", "k", "keys"), ("-ctv", "v", "values")):
         p.add_argument(short, f"--cache-type-{name}", choices=("f16", "f32", "q8_0"), default="f16",
                        help=f"KV cache element type of the {what} (default: %(default)s)")
+    p.add_argument("-nr", "--no-repack", dest="repack", action="store_false",
+                   help="keep every weight memory-mapped instead of interleaving Q4_K / Q6_K matrices into memory "
+                        "for the faster 16-row kernels")
 
 
 def _sampling_options(p: argparse.ArgumentParser):
@@ -70,7 +73,7 @@ def _load(args):
     from .llm import LLM  # imported lazily: `llamba list`/`pull` start without numba
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, special=args.special,
               n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu, type_k=args.cache_type_k,
-              type_v=args.cache_type_v)
+              type_v=args.cache_type_v, repack=args.repack)
     if llm.model.gpu is not None:
         print(f"llamba: offloaded {llm.model.gpu}", file=sys.stderr)
     return llm

@@ -246,6 +246,20 @@ class GGUFFile:
             self.close()
             raise
 
+    def release(self, view: np.ndarray) -> None:
+        """Let the whole memory pages inside `view` (bytes of this file's map, e.g. a tensor's blocks that the runtime
+        has copied, quant.interleave) leave this process's memory: madvise(MADV_DONTNEED). They stay in the OS's page
+        cache and are mapped again if read. Nothing happens for other arrays or a closed file."""
+        if self._map is None or not hasattr(self._map, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = np.frombuffer(self._map, np.uint8, count=1).ctypes.data
+        start, end = view.ctypes.data - base, view.ctypes.data - base + view.nbytes
+        if start < 0 or end > len(self._map):
+            return
+        start, end = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        if start < end:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def _parse(self, cur: _Cursor):
         magic = cur.buf[:4]
         if magic != GGUF_MAGIC:

@@ -99,6 +99,8 @@ class LLM:
     too, -1 everything; needs `pip install -e ".[cuda]"`); `model.gpu` then says what went where.
     `type_k`, `type_v`: the KV cache's element types, "f16" (None: the default, as llama.cpp's), "f32" or "q8_0", or
     their GGML type numbers as llama_cpp.Llama takes them (1, 0, 8).
+    `repack`: interleave the Q4_K / Q6_K matrices into memory on first use for the 16-row kernels, as llama.cpp's
+    default repacking does (False: all weights stay memory-mapped, shared with other processes, slower).
     `context_shift`: default for the calls' `context_shift`: when the context fills during a generation, keep the
     first `n_keep` tokens (-1: the whole prompt; a leading BOS token is kept too), drop the oldest half of the rest
     and go on (llama.cpp's context shift, see Context.shift) instead of stopping with stop_reason "context".
@@ -122,12 +124,12 @@ class LLM:
                  n_threads: int | None = None, seed: int | None = None, warmup: bool = True,
                  special: bool = False, verbose: bool = True, context_shift: bool = False, n_keep: int = 0,
                  n_gpu_layers: int = 0, main_gpu: int = 0, type_k: str | int | None = None,
-                 type_v: str | int | None = None, **llama_kwargs):
+                 type_v: str | int | None = None, repack: bool = True, **llama_kwargs):
         n_ctx, seed = completions.llama_init_args(n_ctx, seed, llama_kwargs)
         self.n_threads = check_threads(n_threads)
         self.path = registry.resolve_model(model_path)
         start = time.perf_counter()
-        self.model = load_model(self.path, n_ctx, n_gpu_layers, main_gpu, type_k or "f16", type_v or "f16")
+        self.model = load_model(self.path, n_ctx, n_gpu_layers, main_gpu, type_k or "f16", type_v or "f16", repack)
         self.tokenizer = Tokenizer.from_gguf(self.model.gguf.metadata)
         self.load_seconds = time.perf_counter() - start
         self.warmup_seconds, self.kernels_compiled = 0.0, 0

@@ -28,8 +28,14 @@ class Weights:
     """Checked access to the file's tensors: matrices as QMatrix, vectors as float32, never copied.
     The architectures' hooks (archs/base.py) load their tensors through it."""
 
-    def __init__(self, gguf: GGUFFile, rms: bool = True):
+    def __init__(self, gguf: GGUFFile, rms: bool = True, repack: bool = True):
         self.tensors, self.path, self.rms = gguf.tensors, gguf.path, rms  # rms False: norms are LayerNorms
+        # repack: the types with 16-row kernels are interleaved into memory on first use (quant.interleave), and the
+        # file's pages of those blocks released
+        self.repack, self.release = repack, gguf.release
+
+    def _matrix(self, raw: np.ndarray, qtype, n_cols: int) -> QMatrix:
+        return QMatrix(raw, qtype, n_cols, interleave=self.repack, on_interleaved=self.release)
 
     def _get(self, name: str, shape: tuple, required: bool):
         # shape entries of None match any size
@@ -47,7 +53,7 @@ class Weights:
         if t is None:
             return None
         self._check_type(name, t.qtype)
-        return QMatrix(t.raw, t.qtype, n_cols)
+        return self._matrix(t.raw, t.qtype, n_cols)
 
     def fused(self, name: str, sizes: tuple, n_cols: int) -> tuple:
         """Row blocks of sizes `sizes` of a fused matrix `{name}.weight` (e.g. QKV) as zero-copy QMatrix views,
@@ -57,7 +63,7 @@ class Weights:
         self._check_type(name + ".weight", t.qtype)
         bias = self.vector(name + ".bias", n, False)
         ends = np.cumsum(sizes)
-        return tuple((QMatrix(t.raw[e - s:e], t.qtype, n_cols), None if bias is None else bias[e - s:e])
+        return tuple((self._matrix(t.raw[e - s:e], t.qtype, n_cols), None if bias is None else bias[e - s:e])
                      for s, e in zip(sizes, ends, strict=True))
 
     @staticmethod
@@ -73,7 +79,7 @@ class Weights:
         if t is None:
             return [self.matrix(f"{prefix}.{e}.weight", n_rows, n_cols) for e in range(n_expert)]
         self._check_type(prefix + "_exps.weight", t.qtype)
-        return [QMatrix(t.raw[e], t.qtype, n_cols) for e in range(n_expert)]  # raw[e]: (n_rows, row_bytes)
+        return [self._matrix(t.raw[e], t.qtype, n_cols) for e in range(n_expert)]  # raw[e]: (n_rows, row_bytes)
 
     def vector(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
         t = self._get(name, (n,), required)
@@ -140,23 +146,24 @@ class Model:
     share one set of weights. Its activation buffers are shared, though: one forward at a time per model.
     n_gpu_layers: the last layers (and the head past n_layer) run on the GPU, `gpu` the offload (runtime/gpu).
     type_k, type_v: the element type of the caches' keys and values (kvcache.TYPES: "f16", llama.cpp's default, "f32"
-    or "q8_0")."""
+    or "q8_0"). repack: see load_model."""
 
     check_finite = True  # non-finite logits raise NumericsError (the warm-up's scratch models turn it off)
 
     def __init__(self, gguf: GGUFFile, config, n_ctx: int, n_gpu_layers: int = 0, main_gpu: int = 0,
-                 type_k: str = "f16", type_v: str = "f16"):
+                 type_k: str = "f16", type_v: str = "f16", repack: bool = True):
         self.gguf, self.config, self.n_ctx, self.arch = gguf, config, n_ctx, config.arch
         self.type_k, self.type_v = cache_types(type_k, type_v, config.head_dim, bool(n_gpu_layers))
         self.closed = False
-        c, w = config, Weights(gguf, config.norm_rms)
+        c, w = config, Weights(gguf, config.norm_rms, repack)
         self.embed = c.embedding(w, n_ctx)  # token ids and positions -> (n, n_embd)
         self.tok_embd = self.embed.tok  # (n_vocab, n_embd)
         self.n_vocab = self.tok_embd.n_rows
         self.output_norm = w.norm("output_norm", c.n_embd, c.norm_eps)
         self.output, self.output_bias = c.output(w, self.tok_embd)  # (n_vocab, n_embd), (n_vocab,) or None
         if HEAD_PATH is not None:  # a view of the same blocks (a tied embedding's lookups do not use the path)
-            self.output = QMatrix(self.output.raw, self.output.qtype, c.n_embd, path=HEAD_PATH)
+            self.output = QMatrix(self.output.raw, self.output.qtype, c.n_embd, path=HEAD_PATH, interleave=repack,
+                                  on_interleaved=w.release)
         self.batch_output = (self.output if HEAD_PATH is not None  # the head of a long prompt's last position
                              else QMatrix(self.output.raw, self.output.qtype, c.n_embd, path="float"))
         freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, False)  # llama3-style scaling
@@ -322,9 +329,11 @@ def nonfinite_tensors(gguf: GGUFFile) -> str:
 
 
 def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: int = 0, type_k: str = "f16",
-               type_v: str = "f16") -> Model:
+               type_v: str = "f16", repack: bool = True) -> Model:
     """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096); n_gpu_layers,
-    main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only); type_k, type_v: the KV cache's element types (Model)."""
+    main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only); type_k, type_v: the KV cache's element types (Model);
+    repack: interleave the matrices that have 16-row kernels (Q4_K, Q6_K) into memory when first used, as
+    llama.cpp repacks at load (False: every matrix stays memory-mapped, llama.cpp's --no-repack)."""
     gguf = src if isinstance(src, GGUFFile) else GGUFFile(os.fspath(src))
     config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
     if n_ctx is None:
@@ -335,7 +344,7 @@ def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: i
         raise ContextOverflowError(f"n_ctx {n_ctx} exceeds the {config.context_length} positions {config.arch} was "
                                    f"trained for ({config.arch}.context_length); use at most that")
     _check_memory(config, int(n_ctx), type_k, type_v)
-    return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu, type_k, type_v)
+    return Model(gguf, config, int(n_ctx), n_gpu_layers, main_gpu, type_k, type_v, repack)
 
 
 def _check_memory(config, n_ctx: int, type_k: str, type_v: str, tables: bool = True) -> None:

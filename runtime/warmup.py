@@ -87,7 +87,7 @@ def _marker(model):
             h.update(f.relative_to(runtime_dir).as_posix().encode() + b"\0" + f.read_bytes())
     except OSError:
         return None
-    kinds = sorted({repr((int(m.qtype), m.path)) for m in _model_matrices(model) if m is not None})
+    kinds = sorted({repr((int(m.qtype), m.path, m.interleave)) for m in _model_matrices(model) if m is not None})
     layers = sorted({repr(_kind(layer)) for layer in model.layers})
     h.update(repr((kinds, layers, repr(_kind(model.embed)), model.output_bias is None,
                    numba.__version__, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())).encode())
@@ -102,7 +102,7 @@ def _steps(model) -> list:
     kinds = {}  # (type, path) -> a few rows of one matrix of that kind
     for m in _model_matrices(model):
         if m is not None and (m.qtype, m.path) not in kinds:
-            kinds[m.qtype, m.path] = QMatrix(m.raw[:ROWS], m.qtype, m.n_cols, m.path)
+            kinds[m.qtype, m.path] = QMatrix(m.raw[:ROWS], m.qtype, m.n_cols, m.path, m.interleave)
     for w in kinds.values():
         x = rng.standard_normal((large, w.n_cols)).astype(np.float32)  # (large, n_cols)
         y = np.empty((large, w.n_rows), np.float32)  # (large, n_rows)
@@ -143,7 +143,7 @@ def _scratch(model, layer):
     rows = min(model.n_vocab, ROWS)
     m.layers, m.n_vocab, m._buffers, m.gpu = [layer], rows, {}, None
     m.check_finite = False  # one layer out of its stack, fed arbitrary tokens: its logits need not be finite
-    m.output, m.batch_output = (QMatrix(h.raw[:rows], h.qtype, h.n_cols, h.path)
+    m.output, m.batch_output = (QMatrix(h.raw[:rows], h.qtype, h.n_cols, h.path, h.interleave)
                                 for h in (model.output, model.batch_output))
     m.output_bias = None if model.output_bias is None else model.output_bias[:rows]
     return m
@@ -153,7 +153,7 @@ def _kind(obj, depth: int = 0):
     """What decides which compiled kernels a layer runs: types and kernel paths of its matrices, which optional
     tensors it has, array kinds and flags; not sizes or values (RoPE tables and norms' eps are left out)."""
     if isinstance(obj, QMatrix):
-        return ("QMatrix", int(obj.qtype), obj.path)
+        return ("QMatrix", int(obj.qtype), obj.path, obj.interleave)
     if isinstance(obj, np.ndarray):
         return ("array", obj.dtype.str, obj.ndim, obj.flags.writeable)
     if isinstance(obj, (list, tuple)):

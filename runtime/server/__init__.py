@@ -11,7 +11,7 @@ import importlib.util
 import sys
 
 from .. import gpu
-from ..cli import cache_options
+from ..cli import memory_options
 from ..errors import LlambaError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--no-api-key", action="store_true", help="allow a non-loopback --host without a key")
     p.add_argument("--cors-origin", default=None, help="allow browser requests from this origin (default: none)")
     p.add_argument("--alias", default=None, help="model id shown by /v1/models (default: the file's name)")
-    cache_options(p)
+    memory_options(p)
     gpu.add_arguments(p)
 
 
@@ -57,7 +57,7 @@ def run_args(args) -> int:
     from .engine import Engine
 
     llm = LLM(args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-              main_gpu=args.main_gpu, type_k=args.cache_type_k, type_v=args.cache_type_v)
+              main_gpu=args.main_gpu, type_k=args.cache_type_k, type_v=args.cache_type_v, repack=args.repack)
     engine = Engine(llm, args.parallel, args.max_queue)
     app = create_app(engine, api_key=args.api_key, cors_origin=args.cors_origin, model_name=args.alias)
     if llm.model.gpu is not None:

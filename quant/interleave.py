@@ -1,0 +1,72 @@
+"""Interleaved rows: a matrix's blocks rearranged so that one vector instruction works on 16 rows at once.
+
+GGML stores a matrix row after row; its integer dot ends every block in a horizontal sum. Here (as ggml's repacked
+`q4_K_8x8` buffers do for 8 rows) ROWS consecutive rows are a group, and within a group every block's 4-byte words
+are transposed: word w of rows 0..15 lie side by side, 64 bytes, one per 32-bit lane. A vpdpbusd of those 64 bytes
+against 4 activation bytes broadcast to every lane adds 4 products to each of 16 rows' sums; no lane crosses another.
+The fp16 scales of the 16 rows lie side by side too. The bytes are the same as GGML's, only moved: a group's block
+ib is `ROWS * type_size` bytes at ib * ROWS * type_size of the group (quant.kernels.interleaved reads them).
+
+  Q4_K   d[16] fp16, dmin[16] fp16, then 35 words x 16 rows: the 12 bytes of packed scales and minimums (words 0-2),
+         qs (words 3-34: word 3 + 8c + g holds qs[32c + 4g ..], elements 64c + 4g .. low, 64c + 32 + 4g .. high)
+  Q6_K   d[16] fp16, then 52 words x 16 rows in the order the kernel reads them (one stream, which the hardware
+         prefetchers follow; GGML's order read as three streams measured 16-19 GB/s against 29-32): the scales
+         (GGML's words 48-51), then for t = 0..15 ql words 16 (t // 8) + t % 8 and + 8, and qh word 32 + t
+
+Matrices whose row count is not a multiple of ROWS, and the other types, keep GGML's layout.
+"""
+
+import numpy as np
+
+from . import blocks as B
+from .types import GGMLType, type_info
+
+ROWS = 16
+_SCALES = {GGMLType.Q4_K: (B.Q4_K_D, B.Q4_K_DMIN), GGMLType.Q6_K: (B.Q6_K_D,)}  # the fp16 fields, first
+_WORDS = {GGMLType.Q4_K: (B.Q4_K_SCALES, B.Q4_K_SIZE), GGMLType.Q6_K: (B.Q6_K_QL, B.Q6_K_D)}  # word bytes [a, b)
+_ORDER = {GGMLType.Q4_K: np.arange(35),  # word j of an interleaved block is GGML's word _ORDER[j]
+          GGMLType.Q6_K: np.r_[48:52, [w for t in range(16) for w in (16 * (t // 8) + t % 8, 16 * (t // 8) + t % 8 + 8,
+                                                                        32 + t)]]}
+TYPES = tuple(_SCALES)
+
+
+def interleavable(qtype, n_rows: int) -> bool:
+    return type_info(qtype).type in _SCALES and n_rows % ROWS == 0 and n_rows > 0
+
+
+def interleave(raw: np.ndarray, qtype) -> np.ndarray:
+    """raw (n_rows, row_bytes) uint8 in GGML's layout -> (n_rows // ROWS, ROWS * row_bytes) uint8, one group of
+    ROWS rows per row of the result (a new array)."""
+    qtype = type_info(qtype).type
+    n_rows, row_bytes = raw.shape
+    size = type_info(qtype).type_size
+    nb = row_bytes // size
+    blocks = raw.reshape(n_rows // ROWS, ROWS, nb, size).transpose(0, 2, 1, 3)  # (groups, nb, ROWS, size)
+    out = np.empty((n_rows // ROWS, nb, ROWS * size), np.uint8)
+    at = 0
+    for f in _SCALES[qtype]:
+        out[:, :, at:at + 2 * ROWS] = blocks[..., f:f + 2].reshape(-1, nb, 2 * ROWS)
+        at += 2 * ROWS
+    a, b = _WORDS[qtype]
+    words = np.ascontiguousarray(blocks[..., a:b]).view(np.uint32)[..., _ORDER[qtype]]  # (groups, nb, ROWS, words)
+    out[:, :, at:] = words.transpose(0, 1, 3, 2).reshape(n_rows // ROWS, nb, -1).view(np.uint8)
+    return out.reshape(n_rows // ROWS, -1)
+
+
+def deinterleave(groups: np.ndarray, qtype, n_cols: int) -> np.ndarray:
+    """The inverse of interleave: (n_groups, ROWS * row_bytes) -> (n_rows, row_bytes) in GGML's layout."""
+    qtype = type_info(qtype).type
+    size = type_info(qtype).type_size
+    nb = n_cols // type_info(qtype).block_size
+    g = groups.reshape(groups.shape[0], nb, ROWS * size)
+    blocks = np.empty((groups.shape[0], nb, ROWS, size), np.uint8)
+    at = 0
+    for f in _SCALES[qtype]:
+        blocks[..., f:f + 2] = g[:, :, at:at + 2 * ROWS].reshape(-1, nb, ROWS, 2)
+        at += 2 * ROWS
+    a, b = _WORDS[qtype]
+    words = np.ascontiguousarray(g[:, :, at:]).view(np.uint32).reshape(-1, nb, (b - a) // 4, ROWS)
+    ggml = np.empty_like(words)
+    ggml[:, :, _ORDER[qtype]] = words
+    blocks[..., a:b] = ggml.transpose(0, 1, 3, 2).copy().view(np.uint8).reshape(-1, nb, ROWS, b - a)
+    return blocks.transpose(0, 2, 1, 3).reshape(-1, nb * size)
