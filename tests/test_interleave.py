@@ -12,7 +12,15 @@ from quant.interleave import ROWS, deinterleave, interleavable, interleave
 from quant.kernels.int_path import INTERLEAVED
 from quant.types import GGMLType, type_info
 
-TYPES = [GGMLType.Q4_K, GGMLType.Q6_K]
+TYPES = [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1]
+F16 = {GGMLType.Q4_K: (0, 2), GGMLType.Q6_K: (208,), GGMLType.Q4_1: (0, 2), GGMLType.Q5_1: (0, 2)}  # else (0,)
+FIFTH = (GGMLType.Q5_0, GGMLType.Q5_1)
+
+
+def _activations(qtype, X):
+    """(qx, dx, sums) the kernels take: Q8_K or Q8_0 rows, sums bs (xs for the types with a minimum)."""
+    qx, dx, bs, xs = quantize_activations(X, type_info(qtype).block_size)
+    return qx, dx, (xs if qtype in (GGMLType.Q4_1, GGMLType.Q5_1) else bs)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -27,17 +35,23 @@ def test_interleave_moves_every_byte(qtype):
     size = type_info(qtype).type_size
     block = groups[1, size * ROWS:2 * size * ROWS]  # group 1 (rows 16-31), block 1
     row = raw[16 + 5, size:2 * size]  # its row 5
-    d_at = {GGMLType.Q4_K: 0, GGMLType.Q6_K: 208}[qtype]
-    assert bytes(block[2 * 5:2 * 5 + 2]) == bytes(row[d_at:d_at + 2])  # d of 16 rows side by side
-    words = block[(4 if qtype == GGMLType.Q4_K else 2) * ROWS:].view(np.uint32).reshape(-1, ROWS)[:, 5]
-    first = 4 if qtype == GGMLType.Q4_K else 0  # Q6_K: every word but d's, in another order
-    assert sorted(words) == sorted(row[first:first + 4 * len(words)].view(np.uint32))
+    fields = F16.get(qtype, (0,))
+    for i, at in enumerate(fields):  # the fp16 fields of 16 rows side by side
+        assert bytes(block[2 * ROWS * i + 2 * 5:2 * ROWS * i + 2 * 5 + 2]) == bytes(row[at:at + 2])
+    words = block[2 * ROWS * len(fields):].view(np.uint32).reshape(-1, ROWS)[:, 5]  # row 5's lane
+    first = 0 if qtype == GGMLType.Q6_K else 2 * len(fields)  # Q6_K: every word but d's, in another order
+    ggml = row[first:first + 4 * len(words)].view(np.uint32)
+    if qtype in FIFTH:  # the fifth bits reordered within their word
+        assert bin(int(words[0])).count("1") == bin(int(ggml[0])).count("1")
+        words, ggml = words[1:], ggml[1:]
+    assert sorted(words) == sorted(ggml)
 
 
 def test_what_is_interleaved():
-    assert interleavable(GGMLType.Q4_K, 32) and interleavable("Q6_K", 16)
+    assert interleavable(GGMLType.Q4_K, 32) and interleavable("Q6_K", 16) and interleavable(GGMLType.Q5_0, 32)
     assert not interleavable(GGMLType.Q4_K, 40)  # not whole groups: GGML's rows
-    assert not interleavable(GGMLType.Q5_0, 32) and not interleavable(GGMLType.Q4_K, 0)
+    assert not interleavable(GGMLType.IQ4_NL, 32) and not interleavable(GGMLType.Q5_K, 32)
+    assert not interleavable(GGMLType.F16, 32) and not interleavable(GGMLType.Q4_K, 0)
 
 
 def _variant_groups(qtype, variant):
@@ -50,18 +64,18 @@ def _variant_groups(qtype, variant):
     dots = dots_intrinsic(qtype, variant)
 
     @njit
-    def run(w, group_bytes, qx, dx, bs, out):
+    def run(w, group_bytes, qx, dx, sums, out):
         n_tok = qx.shape[0]
         for g in range(out.shape[1] // 16):
             k = 0
             while k + 4 <= n_tok:
-                dots(w, g * group_bytes, qx, dx, bs, (k, k + 1, k + 2, k + 3), out, 16 * g)
+                dots(w, g * group_bytes, qx, dx, sums, (k, k + 1, k + 2, k + 3), out, 16 * g)
                 k += 4
             if k + 2 <= n_tok:
-                dots(w, g * group_bytes, qx, dx, bs, (k, k + 1), out, 16 * g)
+                dots(w, g * group_bytes, qx, dx, sums, (k, k + 1), out, 16 * g)
                 k += 2
             if k < n_tok:
-                dots(w, g * group_bytes, qx, dx, bs, (k,), out, 16 * g)
+                dots(w, g * group_bytes, qx, dx, sums, (k,), out, 16 * g)
 
     return run
 
@@ -77,14 +91,14 @@ def test_variants_against_the_oracle_and_each_other(qtype):
     raw = random_raw(rng, qtype, 32, 768)
     groups = interleave(raw, qtype)
     X = rng.standard_normal((7, 768), np.float32) * rng.uniform(0.1, 10, (7, 1)).astype(np.float32)
-    qx, dx, bs, _ = quantize_activations(X, 256)
+    qx, dx, sums = _activations(qtype, X)
     W, Xq = oracle(raw, qtype), dequant_q8(qtype, X)
     results = {}
     for v in isa.supported():
         run = _variant_groups(qtype, v)
-        alone = np.stack([_call(run, groups, qx[k:k + 1], dx[k:k + 1], bs[k:k + 1])[0] for k in range(7)])
+        alone = np.stack([_call(run, groups, qx[k:k + 1], dx[k:k + 1], sums[k:k + 1])[0] for k in range(7)])
         for n_tok in range(1, 8):
-            y = _call(run, groups, qx[:n_tok], dx[:n_tok], bs[:n_tok])
+            y = _call(run, groups, qx[:n_tok], dx[:n_tok], sums[:n_tok])
             assert np.array_equal(y, alone[:n_tok]), (v, n_tok)
         assert rel_err(alone, W, Xq) < FLOAT_TOL, v
         results[v] = alone
@@ -92,9 +106,9 @@ def test_variants_against_the_oracle_and_each_other(qtype):
         assert np.array_equal(y, results["portable"]), v
 
 
-def _call(run, groups, qx, dx, bs):
+def _call(run, groups, qx, dx, sums):
     out = np.full((qx.shape[0], groups.shape[0] * ROWS), np.nan, np.float32)
-    run(groups.reshape(-1), groups.shape[1], qx, dx, bs, out)
+    run(groups.reshape(-1), groups.shape[1], qx, dx, sums, out)
     return out
 
 
@@ -137,9 +151,10 @@ def test_release_keeps_the_bytes(model_path):
 
 
 def test_model_repack_switch(model_path):
-    """load_model(repack=False) leaves every matrix in GGML's layout; the default interleaves Qwen2.5-0.5B's Q4_K / Q6_K
-    matrices (its ffn_down) when first used, and the logits agree with the unpacked model's to float32 rounding (the
-    float steps of a dot are grouped differently)."""
+    """load_model(repack=False) leaves every matrix in GGML's layout; the default interleaves Qwen2.5-0.5B's layer
+    matrices (Q5_0, Q8_0, Q4_K, Q6_K) when first used, and the logits agree with the unpacked model's to float32
+    rounding (the float steps of a dot are grouped differently)."""
+    from runtime.layers import matrices
     from runtime.model import load_model
 
     path = model_path("qwen2.5-coder-0.5b-instruct")
@@ -148,7 +163,7 @@ def test_model_repack_switch(model_path):
     for repack in (True, False):
         model = load_model(path, n_ctx=64, repack=repack)
         logits[repack] = model.forward(ids, 0, model.new_cache(), all_logits=True)
-        codes[repack] = {m.blocks[1] & INTERLEAVED for layer in model.layers for m in (layer.w.w_down,)}
+        codes[repack] = {m.blocks[1] & INTERLEAVED for layer in model.layers for m in matrices(layer.w)}
         model.close()
     assert codes == {True: {INTERLEAVED}, False: {0}}
     a, b = logits[True], logits[False]

@@ -112,21 +112,45 @@ def row_dots(code, row, base, qx, dx, bs, xs, ks, out, r):
 
 
 @jit
-def group_dots(code, w, base, qx, dx, bs, out, r):
-    """out[:, r:r + 16] = the dots of the 16 interleaved rows at w[base:] (quant.interleave) of GGMLType `code` with
-    every token of the (n_tok, ...) activation arrays. Q4_K one token per call (measured fastest: its unpacking is
-    cheap next to its vpdpbusd, and the group stays in L1 for the next token); Q6_K four (its 6-bit unpacking shared:
-    64 tokens of Qwen2.5-1.5B's ffn_down 9.0 -> 6.1 ms)."""
-    n_tok, k = qx.shape[0], 0
+def _group_shared(code, w, base, qx, dx, bs, xs, ks, out, r):
+    """The 16-row intrinsic of Q6_K, Q5_0 or Q5_1 for the tokens of the tuple ks (one unpacking for them all)."""
+    if code == GGMLType.Q6_K:
+        interleaved.dots_q6_k(w, base, qx, dx, bs, ks, out, r)
+    elif code == GGMLType.Q5_0:
+        interleaved.dots_q5_0(w, base, qx, dx, bs, ks, out, r)
+    else:
+        interleaved.dots_q5_1(w, base, qx, dx, xs, ks, out, r)
+
+
+@jit
+def _group_one(code, w, base, qx, dx, bs, xs, k, out, r):
+    """The 16-row intrinsic of `code` for token k alone."""
     if code == GGMLType.Q4_K:
-        for k in range(n_tok):
-            interleaved.dots_q4_k(w, base, qx, dx, bs, (k,), out, r)
-        return
-    while k + 4 <= n_tok:
-        interleaved.dots_q6_k(w, base, qx, dx, bs, (k, k + 1, k + 2, k + 3), out, r)
-        k += 4
-    if k + 2 <= n_tok:
-        interleaved.dots_q6_k(w, base, qx, dx, bs, (k, k + 1), out, r)
-        k += 2
-    if k < n_tok:
-        interleaved.dots_q6_k(w, base, qx, dx, bs, (k,), out, r)
+        interleaved.dots_q4_k(w, base, qx, dx, bs, (k,), out, r)
+    elif code == GGMLType.Q8_0:
+        interleaved.dots_q8_0(w, base, qx, dx, bs, (k,), out, r)
+    elif code == GGMLType.Q4_0:
+        interleaved.dots_q4_0(w, base, qx, dx, bs, (k,), out, r)
+    elif code == GGMLType.Q4_1:
+        interleaved.dots_q4_1(w, base, qx, dx, xs, (k,), out, r)
+    else:
+        _group_shared(code, w, base, qx, dx, bs, xs, (k,), out, r)
+
+
+@jit
+def group_dots(code, w, base, qx, dx, bs, xs, out, r):
+    """out[:, r:r + 16] = the dots of the 16 interleaved rows at w[base:] (quant.interleave) of GGMLType `code` with
+    every token of the (n_tok, ...) activation arrays. Types whose unpacking is a mask or two (Q4_K, Q8_0, Q4_0, Q4_1)
+    one token per call (measured fastest: unpacking is cheap next to the vpdpbusd, and the group stays in L1 for the
+    next token); the 5- and 6-bit types four (their unpacking shared: 64 tokens of Qwen2.5-1.5B's Q6_K ffn_down
+    9.0 -> 6.1 ms). A token's outputs are the same bits in any call."""
+    n_tok, k = qx.shape[0], 0
+    if code == GGMLType.Q6_K or code == GGMLType.Q5_0 or code == GGMLType.Q5_1:
+        while k + 4 <= n_tok:
+            _group_shared(code, w, base, qx, dx, bs, xs, (k, k + 1, k + 2, k + 3), out, r)
+            k += 4
+        if k + 2 <= n_tok:
+            _group_shared(code, w, base, qx, dx, bs, xs, (k, k + 1), out, r)
+            k += 2
+    for j in range(k, n_tok):
+        _group_one(code, w, base, qx, dx, bs, xs, j, out, r)

@@ -71,7 +71,7 @@ def matmul_many(raws, codes, X, Ys):
         qx, dx, bs = (qxk, dxk, bsk) if _is_k(code) else (qx0, dx0, bs0)
         r0 = (task - starts[m]) * ROWS_PER_TASK
         if code & INTERLEAVED:  # a group of rows side by side, lane by lane
-            group_dots(code ^ INTERLEAVED, w, (task - starts[m]) * rb, qx, dx, bs, Y, r0)
+            group_dots(code ^ INTERLEAVED, w, (task - starts[m]) * rb, qx, dx, bs, xs, Y, r0)
             continue
         r1 = min(raw.shape[0], r0 + ROWS_PER_TASK)
         if n_tok == 1:  # hot loop of a decode step: the token's activation rows taken once, not per row

@@ -5,14 +5,17 @@ int8 activations repeated in every lane give each row's sum of 4 products, added
 and minimums of the 16 rows are lane vectors too, so a block ends in lane-wise multiplies, one conversion and one
 FMA per token: no horizontal sums at all, and each unpacked weight vector serves every token of the call.
 
-  dots(w, base, qx, dx, bs, ks, out, r)   out[k, r:r + 16] = the dots of the group at w[base:] with activation
-                                           row k of (qx, dx, bs) (Q8_K: n_tok rows), for the tokens k of the tuple
-                                           ks (its length compiled in)
+  dots(w, base, qx, dx, sums, ks, out, r)   out[k, r:r + 16] = the dots of the group at w[base:] with activation
+                                             row k of (qx, dx, sums), for the tokens k of the tuple ks (its length
+                                             compiled in): Q8_K activations for the K-quants, Q8_0 for the
+                                             32-block types; sums bs (xs for Q4_1 and Q5_1), as the row kernels'
 
-Per variant (quant.jit.isa): avx512vnni one 512-bit vpdpbusd per 64 bytes; avxvnni two 256-bit ones; avx2
-vpmaddubsw + vpmaddwd (exact: quants <= 63, |x| <= 128); portable widening multiplies. All give the same integer
-sums, then the same float operations, so the same bits. The integer sums per block are the row kernels' (simd.py);
-the float steps are grouped differently, so results agree with theirs to float32 rounding, not bit for bit.
+Per variant (quant.jit.isa): avx512vnni one 512-bit vpdpbusd per 64 bytes; avxvnni two 256-bit ones (Q8_0's quants
+moved up by 128 for both, the offset taken back through the activations' sums); avx2 vpmaddubsw + vpmaddwd (exact:
+unsigned quants <= 63, Q8_0's signed ones by ggml's sign trick); portable widening multiplies. All give the same
+integer sums, then the same float operations, so the same bits. The integer sums per block are the row kernels'
+(simd.py); the float steps are grouped differently, so results agree with theirs to float32 rounding, not bit for
+bit.
 """
 
 from llvmlite import ir
@@ -38,14 +41,16 @@ def _join(builder, a, b):
     return _shuffle(builder, a, b, range(2 * a.type.count))
 
 
-def _dot4(builder, acc, u, x, isa):
-    """acc (16 x i32) + per lane the sum of 4 products of u's bytes (unsigned) and x's (signed, 16 x i32 words)."""
+def _dot4(builder, acc, u, x, isa, signed=False):
+    """acc (16 x i32) + per lane the sum of 4 products of u's bytes (unsigned; signed: int8, AVX2 and portable only)
+    and x's (signed, 16 x i32 words)."""
+    assert not (signed and isa in ("avx512vnni", "avxvnni"))
     if isa == "avx512vnni":
         fn = _fn(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [V16I] * 3)
         return builder.call(fn, [acc, builder.bitcast(u, V16I), x])
     if isa == "portable":
         w = ir.VectorType(I32, 4 * R)
-        p = builder.mul(builder.zext(u, w), builder.sext(builder.bitcast(x, V64B), w))
+        p = builder.mul((builder.sext if signed else builder.zext)(u, w), builder.sext(builder.bitcast(x, V64B), w))
         quads = [_shuffle(builder, p, p, range(j, 4 * R, 4)) for j in range(4)]
         return builder.add(acc, builder.add(builder.add(quads[0], quads[1]), builder.add(quads[2], quads[3])))
     v8, b32 = ir.VectorType(I32, 8), ir.VectorType(I8, 32)
@@ -56,8 +61,11 @@ def _dot4(builder, acc, u, x, isa):
             fn = _fn(builder, "llvm.x86.avx512.vpdpbusd.256", v8, [v8] * 3)
             parts.append(builder.call(fn, [a, uu, xx]))
             continue
-        p16 = builder.call(_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(I16, 16), [b32, b32]),
-                           [builder.bitcast(uu, b32), builder.bitcast(xx, b32)])
+        uu, xx = builder.bitcast(uu, b32), builder.bitcast(xx, b32)
+        if signed:  # |u| times x with u's sign (ggml's AVX2 trick)
+            psign = _fn(builder, "llvm.x86.avx2.psign.b", b32, [b32, b32])
+            uu, xx = builder.call(psign, [uu, uu]), builder.call(psign, [xx, uu])
+        p16 = builder.call(_fn(builder, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(I16, 16), [b32, b32]), [uu, xx])
         ones = ir.Constant(ir.VectorType(I16, 16), [1] * 16)
         parts.append(builder.add(a, builder.call(_fn(builder, "llvm.x86.avx2.pmadd.wd", v8,
                                                      [p16.type, p16.type]), [p16, ones])))
@@ -74,22 +82,21 @@ def _dot2(builder, acc, a, b, isa):
 
 
 def _intrinsic(core, isa):
-    """dots(w, base, qx, dx, bs, ks, out, r) around core(builder, arr, base, toks, n_blocks) -> [16 x float32 per
+    """dots(w, base, qx, dx, sums, ks, out, r) around core(builder, arr, base, toks, isa) -> [16 x float32 per
     token]."""
 
     @intrinsic
-    def dots(typingctx, w, base, qx, dx, bs, ks, out, r):
-        if not (isinstance(ks, types.UniTuple) and all(a.ndim == 2 and a.layout == "C" for a in (qx, dx, bs, out))):
+    def dots(typingctx, w, base, qx, dx, sums, ks, out, r):
+        if not (isinstance(ks, types.UniTuple) and all(a.ndim == 2 and a.layout == "C" for a in (qx, dx, sums, out))):
             return None
-        sig = types.void(w, base, qx, dx, bs, ks, out, r)
+        sig = types.void(w, base, qx, dx, sums, ks, out, r)
 
         def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 bs, 5 ks, 6 out, 7 r
+            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 sums, 5 ks, 6 out, 7 r
             tk = sig.args[5]
             ks = [context.cast(builder, builder.extract_value(args[5], j), tk.dtype, types.int64)
                   for j in range(tk.count)]
-            n_blocks = builder.sdiv(arr.cols(2), ir.Constant(I64, 256))
-            ys = core(builder, arr, arr.int(1), [_Token(arr, k) for k in ks], n_blocks, isa)
+            ys = core(builder, arr, arr.int(1), [_Token(arr, k) for k in ks], isa)
             for k, y in zip(ks, ys, strict=True):
                 at = builder.add(builder.mul(k, arr.cols(6)), arr.int(7))
                 builder.store(y, builder.bitcast(builder.gep(arr.data(6), [at]), V16F.as_pointer()), align=4)
@@ -140,9 +147,10 @@ class _Block:
         return [self.b.load(a) for a in self.accs]
 
 
-def _q4_k(builder, arr, base, toks, n_blocks, isa):
+def _q4_k(builder, arr, base, toks, isa):
     k = _Block(builder, arr, toks)
     b, c, T = builder, k.c, len(toks)
+    n_blocks = b.sdiv(arr.cols(2), ir.Constant(I64, 256))
     with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: one block of 16 rows
         ib = loop.index
         o = b.add(base, b.mul(ib, ir.Constant(I64, R * type_info(GGMLType.Q4_K).type_size)))
@@ -186,9 +194,10 @@ def _q4_k(builder, arr, base, toks, n_blocks, isa):
     return k.results()
 
 
-def _q6_k(builder, arr, base, toks, n_blocks, isa):
+def _q6_k(builder, arr, base, toks, isa):
     k = _Block(builder, arr, toks)
     b, c, T = builder, k.c, len(toks)
+    n_blocks = b.sdiv(arr.cols(2), ir.Constant(I64, 256))
     with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: one block of 16 rows
         ib = loop.index
         o = b.add(base, b.mul(ib, ir.Constant(I64, R * type_info(GGMLType.Q6_K).type_size)))
@@ -232,7 +241,61 @@ def _q6_k(builder, arr, base, toks, n_blocks, isa):
     return k.results()
 
 
-_CORES = {GGMLType.Q4_K: _q4_k, GGMLType.Q6_K: _q6_k}
+def _q32(qtype):
+    """The core of a 32-block type: value d (q - offset) (Q8_0, Q4_0, Q5_0; sums = bs, the offsets taken back through
+    the activations' sums) or d q + m (Q4_1, Q5_1; sums = xs, dx times the block's sum of qx)."""
+    int8, fifth = qtype == GGMLType.Q8_0, qtype in (GGMLType.Q5_0, GGMLType.Q5_1)
+    has_m = qtype in (GGMLType.Q4_1, GGMLType.Q5_1)
+    offset = {GGMLType.Q4_0: 8, GGMLType.Q5_0: 16}.get(qtype, 0)
+    size = type_info(qtype).type_size
+
+    def core(builder, arr, base, toks, isa):
+        k = _Block(builder, arr, toks)
+        b, c, T = builder, k.c, len(toks)
+        vnni = isa in ("avx512vnni", "avxvnni")
+        off = 128 if int8 and vnni else offset  # VNNI multiplies unsigned bytes: Q8_0's quants are moved up by 128
+        n = b.sdiv(arr.cols(2), ir.Constant(I64, 32))
+        with cgutils.for_range(builder, n) as loop:  # hot loop: one block of 16 rows
+            ib = loop.index
+            o = b.add(base, b.mul(ib, ir.Constant(I64, R * size)))
+            d, m = k.halves(o, 0), (k.halves(o, 1) if has_m else None)
+            w = b.add(o, ir.Constant(I64, 2 * R * (2 if has_m else 1)))
+            quads = []  # quads[q]: elements 4q .. 4q + 3 of the 16 rows
+            if int8:
+                for j in range(8):
+                    v = b.bitcast(k.words(w, j), V64B)
+                    quads.append(b.xor(v, _splat(b, 128, 4 * R)) if vnni else v)
+            else:
+                lo4, first = _splat(b, 15, 4 * R), 1 if fifth else 0
+                vs = [b.bitcast(k.words(w, first + j), V64B) for j in range(4)]
+                quads = [b.and_(v, lo4) for v in vs] + [b.and_(b.lshr(v, _splat(b, 4, 4 * R)), lo4) for v in vs]
+                if fifth:  # bit q + 8i of word 0: element 4q + i's fifth bit
+                    qh = k.words(w, 0)
+                    quads = [b.or_(u, b.bitcast(b.shl(b.and_(b.lshr(qh, c(q)), c(0x01010101)), c(4)), V64B))
+                             for q, u in enumerate(quads)]
+            for j, tok in enumerate(toks):
+                chains = 2 if T == 1 else 1
+                acc = [k.zero] * chains
+                for q in range(8):
+                    x = k.x(tok, b.add(b.mul(ib, ir.Constant(I64, 32)), ir.Constant(I64, 4 * q)))
+                    acc[q % chains] = _dot4(b, acc[q % chains], quads[q], x, isa, signed=int8 and not vnni)
+                isum = acc[0] if chains == 1 else b.add(*acc)
+                dx = _splat(b, tok.load(3, ib, F32), R, F32)
+                if off:
+                    at = b.mul(ib, ir.Constant(I64, 2))
+                    bsum = b.add(tok.load(4, at, I32), tok.load(4, b.add(at, ir.Constant(I64, 1)), I32))
+                    isum = b.sub(isum, _splat(b, b.mul(bsum, ir.Constant(I32, off)), R, I32))
+                k.add(j, isum, b.fmul(d, dx))
+                if m is not None:  # the minimum times xs = dx sum(x)
+                    xs = _splat(b, tok.load(4, ib, F32), R, F32)
+                    b.store(b.call(k.fma, [m, xs, b.load(k.accs[j])]), k.accs[j])
+        return k.results()
+
+    return core
+
+
+_CORES = {GGMLType.Q4_K: _q4_k, GGMLType.Q6_K: _q6_k,
+          **{t: _q32(t) for t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1)}}
 
 
 def dots_intrinsic(qtype, isa: str = ISA):
@@ -241,4 +304,6 @@ def dots_intrinsic(qtype, isa: str = ISA):
 
 
 assert set(_CORES) == set(L.TYPES)
-dots_q4_k, dots_q6_k = (dots_intrinsic(t) for t in (GGMLType.Q4_K, GGMLType.Q6_K))
+dots_q4_k, dots_q6_k, dots_q8_0, dots_q4_0, dots_q4_1, dots_q5_0, dots_q5_1 = (
+    dots_intrinsic(t) for t in (GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1,
+                                GGMLType.Q5_0, GGMLType.Q5_1))
