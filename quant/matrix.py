@@ -25,8 +25,9 @@ BLAS_MIN_TOKENS = 16  # float path: from this many tokens on, tiles are dequanti
 INT_BLAS_MIN_TOKENS = 256  # integer path, 32-block types: the same switch. Below it the integer GEMM (activations
 # quantized once, each weight block unpacked once per 4 tokens) beats dequantizing every weight to float32: 2 threads,
 # tok/s int / sgemm, 64 tokens Qwen2.5-0.5B (mostly Q5_0) 117-164 / 55; 512 tokens 142 / 153, SmolLM2 (Q4_1) 358 / 500.
-INT_K_BLAS_MIN_TOKENS = 1 << 16  # integer path, K-quants: the integer GEMM measured faster at every length
-# (Qwen2.5-1.5B, Q4_K / Q6_K: 61 / 28 tok/s at 64 tokens, 63 / 50 at 512), so in practice never sgemm.
+INT_K_BLAS_MIN_TOKENS = 1 << 16  # integer path, K-quants and interleaved matrices: the integer GEMM measured faster
+# at every length (Qwen2.5-1.5B, Q4_K / Q6_K: 61 / 28 tok/s at 64 tokens, 63 / 50 at 512; interleaved 32-block types,
+# 512 tokens against sgemm from 256: Qwen2.5-0.5B 216-276 / 135-146, SmolLM2 538-581 / 331-394), so never sgemm.
 # Either way, a token below the switch is computed exactly as it would be alone.
 DEFAULT_PATH = os.environ.get("LLAMBA_KERNELS") or "int"
 _FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -116,7 +117,9 @@ class QMatrix:
         """From how many tokens on matmul runs sgemm over dequantized tiles (below, every token as if alone)."""
         if not self._int:
             return BLAS_MIN_TOKENS
-        return INT_K_BLAS_MIN_TOKENS if self._block == QK_K else INT_BLAS_MIN_TOKENS  # K-quants: Q8_K activations
+        if self._block == QK_K or self.interleave and interleavable(self.qtype, self.n_rows):
+            return INT_K_BLAS_MIN_TOKENS
+        return INT_BLAS_MIN_TOKENS
 
     def __repr__(self) -> str:
         return f"QMatrix({self.qtype.name}, shape={self.shape}, path={self.path!r})"

@@ -326,10 +326,12 @@ class _Spy:
 
 def test_prompt_head_follows_the_batch_path_and_decode_stays_int(model_path):
     """On the int path, decode steps take the int head; the last position of a prompt batch of >= sgemm_tokens
-    tokens (whose layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives."""
+    tokens (whose layers ran sgemm) takes the float head, so generation's first token sees what LLM.logits() gives.
+    (Without repacking: interleaved matrices never switch to sgemm.)"""
     path = model_path("smollm2-135m-instruct")
     with kernel_path("int"):
-        model = load_model(path, n_ctx=320)
+        assert load_model(path, n_ctx=320).sgemm_tokens > 320
+        model = load_model(path, n_ctx=320, repack=False)
     assert model.output.path == "int" and model.batch_output.path == "float"
     assert model.output.raw is model.batch_output.raw or np.shares_memory(model.output.raw, model.batch_output.raw)
     n = model.sgemm_tokens + 4
