@@ -23,6 +23,7 @@ GGML's layout.
 """
 
 import numpy as np
+from numba import njit, prange
 
 from . import blocks as B
 from .types import GGMLType, type_info
@@ -49,23 +50,42 @@ def interleavable(qtype, n_rows: int) -> bool:
 
 def interleave(raw: np.ndarray, qtype) -> np.ndarray:
     """raw (n_rows, row_bytes) uint8 in GGML's layout -> (n_rows // ROWS, ROWS * row_bytes) uint8, one group of
-    ROWS rows per row of the result (a new array)."""
+    ROWS rows per row of the result (a new array; groups in parallel)."""
     qtype = type_info(qtype).type
     n_rows, row_bytes = raw.shape
-    size = type_info(qtype).type_size
-    nb = row_bytes // size
-    blocks = raw.reshape(n_rows // ROWS, ROWS, nb, size).transpose(0, 2, 1, 3)  # (groups, nb, ROWS, size)
-    out = np.empty((n_rows // ROWS, nb, ROWS * size), np.uint8)
-    at = 0
-    for f in _SCALES[qtype]:
-        out[:, :, at:at + 2 * ROWS] = blocks[..., f:f + 2].reshape(-1, nb, 2 * ROWS)
-        at += 2 * ROWS
-    a, b = _WORDS[qtype]
-    words = np.ascontiguousarray(blocks[..., a:b]).view(np.uint32)[..., _ORDER[qtype]]  # (groups, nb, ROWS, words)
-    if qtype in _FIFTH:
-        words[..., 0] = _move_bits(words[..., 0], _BIT_FROM)
-    out[:, :, at:] = words.transpose(0, 1, 3, 2).reshape(n_rows // ROWS, nb, -1).view(np.uint8)
-    return out.reshape(n_rows // ROWS, -1)
+    out = np.empty((n_rows // ROWS, ROWS * row_bytes), np.uint8)
+    _interleave(raw, type_info(qtype).type_size, np.array(_SCALES[qtype]), _WORDS[qtype][0],
+                _ORDER[qtype].astype(np.int64), qtype in _FIFTH, _BIT_FROM.astype(np.int64), out)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _interleave(raw, size, fields, first, order, fifth, bit_from, out):
+    """interleave's copy: per group and block, the fp16 fields of `fields` side by side, then the words at
+    `first` + 4 order[j] of the ROWS rows, word by word (fifth: word 0's bits moved, bit p from bit bit_from[p])."""
+    nb = raw.shape[1] // size
+    for g in prange(out.shape[0]):
+        for ib in range(nb):
+            o, src = ib * ROWS * size, ib * size
+            for r in range(ROWS):
+                row = raw[ROWS * g + r]
+                for i, f in enumerate(fields):
+                    out[g, o + 2 * ROWS * i + 2 * r] = row[src + f]
+                    out[g, o + 2 * ROWS * i + 2 * r + 1] = row[src + f + 1]
+                at = o + 2 * ROWS * len(fields) + 4 * r
+                for j in range(order.shape[0]):
+                    w = src + first + 4 * order[j]
+                    for i in range(4):
+                        out[g, at + 4 * ROWS * j + i] = row[w + i]
+                if fifth:
+                    word = np.uint32(0)
+                    for i in range(4):
+                        word |= np.uint32(row[src + first + i]) << np.uint32(8 * i)
+                    moved = np.uint32(0)
+                    for p in range(32):
+                        moved |= ((word >> np.uint32(bit_from[p])) & np.uint32(1)) << np.uint32(p)
+                    for i in range(4):
+                        out[g, at + i] = np.uint8((moved >> np.uint32(8 * i)) & np.uint32(255))
 
 
 def deinterleave(groups: np.ndarray, qtype, n_cols: int) -> np.ndarray:

@@ -315,6 +315,29 @@ def test_attention_matches_torch(rng, window, kind):
     np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("window, alibi", [(0, False), (100, False), (0, True)])
+def test_long_prompt_attention_matches_torch(rng, window, alibi):
+    """300 queries at positions 40..339 (GQA 8 over 2 heads): large enough to run as PROMPT_TASKS row blocks on the
+    attention's threads, each block without the keys past its last row (causal, sliding-window, ALiBi)."""
+    from runtime.layers import PROMPT_SPLIT
+
+    n, pos, n_head, n_kv, hd = 300, 40, 8, 2, 64
+    assert n * (pos + n) * n_head * hd >= PROMPT_SPLIT
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    (kc, k), (vc, v) = (_cache(rng, (n_kv, 400, hd), "f32") for _ in range(2))
+    slopes = alibi_slopes(n_head, 8.0) if alibi else None
+    ours = attention(q, kc, vc, pos, 0.3, window, np.empty((n, n_head * hd), np.float32), slopes)
+    qpos, kpos = torch.arange(pos, pos + n)[:, None], torch.arange(pos + n)[None, :]
+    visible = (kpos <= qpos) & ((qpos - kpos < window) if window else True)  # (n, pos + n)
+    bias = torch.where(visible, 0.0, -torch.inf)[None]
+    bias = bias + (0 if slopes is None else torch.from_numpy(slopes)[:, None, None] * (kpos - qpos)[None])
+    rep = n_head // n_kv
+    kt, vt = (torch.from_numpy(a[:, :pos + n]).repeat_interleave(rep, 0) for a in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kt, vt,
+                                                           attn_mask=bias.float(), scale=0.3)  # (n_head, n, hd)
+    np.testing.assert_allclose(ours, ref.transpose(0, 1).reshape(n, -1).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", CACHE_KINDS)
 @pytest.mark.parametrize("hd", [32, 128])  # the decode kernel's tasks on the calling thread, and in parallel
 @pytest.mark.parametrize("window, alibi", [(0, False), (300, False), (0, True)])

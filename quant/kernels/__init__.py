@@ -6,7 +6,8 @@ float path (`LLAMBA_KERNELS=float`, exact against float references):
 int path (the default, llama.cpp's numerics):
   simd.py        32-quant integer dots as LLVM vector IR for the CPU's variant (quant.jit.isa: AVX-512 VNNI,
                  AVX-VNNI, AVX2, portable), whole-row intrinsics
-  int_dot.py     the row dot per type against Q8_0 / Q8_K activations (quant.activation)
+  interleaved.py the 16-row dots over interleaved groups (quant.interleave): one row per 32-bit lane
+  int_dot.py     the row dot per type against Q8_0 / Q8_K activations (quant.activation), the group dots' dispatch
   int_path.py    matvec over matrices sharing an input (one parallel loop), matmul for small batches
 
 Block offsets and scale unpackers come from quant.blocks; a new block type adds one row dot to each path.
