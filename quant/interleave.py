@@ -55,37 +55,45 @@ def interleave(raw: np.ndarray, qtype) -> np.ndarray:
     n_rows, row_bytes = raw.shape
     out = np.empty((n_rows // ROWS, ROWS * row_bytes), np.uint8)
     _interleave(raw, type_info(qtype).type_size, np.array(_SCALES[qtype]), _WORDS[qtype][0],
-                _ORDER[qtype].astype(np.int64), qtype in _FIFTH, _BIT_FROM.astype(np.int64), out)
+                _ORDER[qtype].astype(np.int64), qtype in _FIFTH, _BIT_FROM.astype(np.int64), out.view(np.uint32))
     return out
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _interleave(raw, size, fields, first, order, fifth, bit_from, out):
-    """interleave's copy: per group and block, the fp16 fields of `fields` side by side, then the words at
-    `first` + 4 order[j] of the ROWS rows, word by word (fifth: word 0's bits moved, bit p from bit bit_from[p])."""
+    """interleave's copy into out (n_groups, ROWS * row_bytes // 4) uint32 words: per group and block, the fp16 fields
+    of `fields` side by side (two rows a word), then the words at `first` + 4 order[j] of the ROWS rows, word by word
+    (fifth: word 0's bits moved, bit p from bit bit_from[p])."""
     nb = raw.shape[1] // size
     for g in prange(out.shape[0]):
         for ib in range(nb):
-            o, src = ib * ROWS * size, ib * size
+            o, src = ib * ROWS * size // 4, ib * size  # o: in words
             for r in range(ROWS):
                 row = raw[ROWS * g + r]
-                for i, f in enumerate(fields):
-                    out[g, o + 2 * ROWS * i + 2 * r] = row[src + f]
-                    out[g, o + 2 * ROWS * i + 2 * r + 1] = row[src + f + 1]
-                at = o + 2 * ROWS * len(fields) + 4 * r
+                if r % 2 == 0:
+                    nxt = raw[ROWS * g + r + 1]
+                    for i, f in enumerate(fields):
+                        out[g, o + ROWS // 2 * i + r // 2] = _half(row, src + f) | _half(nxt, src + f) << np.uint32(16)
+                at = o + ROWS // 2 * len(fields) + r
                 for j in range(order.shape[0]):
-                    w = src + first + 4 * order[j]
-                    for i in range(4):
-                        out[g, at + 4 * ROWS * j + i] = row[w + i]
+                    out[g, at + ROWS * j] = _word(row, src + first + 4 * order[j])
                 if fifth:
-                    word = np.uint32(0)
-                    for i in range(4):
-                        word |= np.uint32(row[src + first + i]) << np.uint32(8 * i)
-                    moved = np.uint32(0)
+                    word, moved = _word(row, src + first), np.uint32(0)
                     for p in range(32):
                         moved |= ((word >> np.uint32(bit_from[p])) & np.uint32(1)) << np.uint32(p)
-                    for i in range(4):
-                        out[g, at + i] = np.uint8((moved >> np.uint32(8 * i)) & np.uint32(255))
+                    out[g, at] = moved
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _half(b, at):
+    """The little-endian uint16 at bytes at, at + 1 of b, as a uint32."""
+    return np.uint32(b[at]) | np.uint32(b[at + 1]) << np.uint32(8)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word(b, at):
+    """The little-endian uint32 at bytes at..at+3 of b."""
+    return _half(b, at) | _half(b, at + 2) << np.uint32(16)
 
 
 def deinterleave(groups: np.ndarray, qtype, n_cols: int) -> np.ndarray:
