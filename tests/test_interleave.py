@@ -156,10 +156,9 @@ def test_model_repack_switch(model_path, monkeypatch):
     differently), which 24 layers amplify (a relative noise of 5e-7 on the matrix outputs moves these logits as much):
     they agree as closely as test_int_path asks of either against transformers, which the default (interleaved)
     model is held to there."""
+    import quant.matrix
     from runtime.layers import matrices
     from runtime.model import load_model
-
-    import quant.matrix
 
     monkeypatch.setattr(quant.matrix, "DEFAULT_PATH", "int")  # (the tests' default is the float path)
     path = model_path("qwen2.5-coder-0.5b-instruct")
