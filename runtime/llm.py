@@ -138,6 +138,9 @@ class LLM:
             self._set_threads()
             self.kernels_compiled = self.model.warmup(progress=CompileProgress() if verbose else None)
             self.warmup_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        self.model.repack()  # (the layers the warm-up ran are done already)
+        self.load_seconds += time.perf_counter() - start
         self.seed, self.special, self.context_shift, self.n_keep = seed, special, context_shift, n_keep
         self._lock = _Lock()
         self._warned_template = False

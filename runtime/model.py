@@ -185,11 +185,6 @@ class Model:
             self.gpu = offload_layers(self, n_gpu_layers, main_gpu)  # None: -1 without a GPU (a warning)
         if self.gpu is not None:
             self.layers = self.layers[:self.gpu.placement.first]  # the CPU's share
-        if repack:  # interleave the CPU's matrices now (quant.interleave), not in the middle of a first request
-            head = () if self.gpu is not None and self.gpu.head is not None else (self.output,)
-            for m in (*head, *(m for layer in self.layers for m in matrices(layer.w))):
-                if m is not None and m.path == "int":
-                    m.blocks  # noqa: B018 (made on first use)
         # a prompt batch this long runs sgemm in some layer matrix (float math): the head follows (batch_output)
         self.sgemm_tokens = min((m.sgemm_tokens for layer in self.layers for m in matrices(layer.w)),
                                 default=self.output.sgemm_tokens)
@@ -314,6 +309,14 @@ class Model:
                                 + nonfinite_tensors(self.gguf))
 
 
+    def repack(self) -> None:
+        """Interleave the CPU's matrices now (quant.interleave; load_model's repack), which their first product would
+        do otherwise: LLM and `llamba bench` call it after the warm-up, before the first request."""
+        head = () if self.gpu is not None and self.gpu.head is not None else (self.output,)
+        for m in (*head, *(m for layer in self.layers for m in matrices(layer.w))):
+            if m is not None and m.path == "int":
+                m.blocks  # noqa: B018 (made on first use)
+
     def warmup(self, progress=None) -> int:
         """Compile (or load) every kernel this model runs, before the first token: see runtime/warmup.py."""
         from .warmup import warmup
@@ -338,8 +341,8 @@ def load_model(src, n_ctx: int | None = None, n_gpu_layers: int = 0, main_gpu: i
     """Model from a GGUF path or an open GGUFFile; n_ctx defaults to min(context_length, 4096); n_gpu_layers,
     main_gpu: GPU offload (runtime/gpu; 0 layers: CPU only); type_k, type_v: the KV cache's element types (Model);
     repack: interleave the CPU's matrices that have 16-row kernels (quant.interleave: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-    Q4_K, Q6_K) into memory, as llama.cpp repacks at load (False: every matrix stays memory-mapped, llama.cpp's
-    --no-repack)."""
+    Q4_K, Q6_K) into memory on first use or Model.repack(), as llama.cpp repacks at load (False: every matrix stays
+    memory-mapped, llama.cpp's --no-repack)."""
     gguf = src if isinstance(src, GGUFFile) else GGUFFile(os.fspath(src))
     config = archs.get(gguf.architecture).Config.from_metadata(gguf.metadata)
     if n_ctx is None:

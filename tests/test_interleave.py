@@ -151,8 +151,8 @@ def test_release_keeps_the_bytes(model_path):
 
 
 def test_model_repack_switch(model_path, monkeypatch):
-    """load_model(repack=False) leaves every matrix in GGML's layout; the default interleaves Qwen2.5-0.5B's layer
-    matrices (Q5_0, Q8_0, Q4_K, Q6_K) at load. The two differ by float32 rounding per dot (its float steps are grouped
+    """load_model(repack=False) leaves every matrix in GGML's layout; the default's Model.repack() interleaves
+    Qwen2.5-0.5B's layer matrices (Q5_0, Q8_0, Q4_K, Q6_K). The two differ by float32 rounding per dot (its float steps are grouped
     differently), which 24 layers amplify (a relative noise of 5e-7 on the matrix outputs moves these logits as much):
     they agree as closely as test_int_path asks of either against transformers, which the default (interleaved)
     model is held to there."""
@@ -166,7 +166,8 @@ def test_model_repack_switch(model_path, monkeypatch):
     logits, codes = {}, {}
     for repack in (True, False):
         model = load_model(path, n_ctx=64, repack=repack)
-        assert all((m._blocks is not None) == repack for layer in model.layers for m in matrices(layer.w))
+        assert all(m._blocks is None for layer in model.layers for m in matrices(layer.w))  # nothing copied yet
+        model.repack()
         logits[repack] = model.forward(ids, 0, model.new_cache(), all_logits=True)
         codes[repack] = {m.blocks[1] & INTERLEAVED for layer in model.layers for m in matrices(layer.w)}
         model.close()

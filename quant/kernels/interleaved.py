@@ -18,15 +18,15 @@ integer sums, then the same float operations, so the same bits. The integer sums
 bit.
 """
 
+import contextlib
+
 from llvmlite import ir
-from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from .. import interleave as L
 from ..jit.isa import ISA
 from ..types import GGMLType, type_info
-from .simd import F32, I8, I16, I32, I64, _Arrays, _fn, _shuffle, _splat, _Token
+from .simd import F32, I8, I16, I32, I64, _fn, _shuffle, _splat, tokens_intrinsic
 
 R = L.ROWS
 V16I, V16F, V64B = ir.VectorType(I32, R), ir.VectorType(F32, R), ir.VectorType(I8, 4 * R)
@@ -81,32 +81,6 @@ def _dot2(builder, acc, a, b, isa):
     return builder.add(acc, builder.add(builder.mul(lo(a), lo(b)), builder.mul(hi(a), hi(b))))
 
 
-def _intrinsic(core, isa):
-    """dots(w, base, qx, dx, sums, ks, out, r) around core(builder, arr, base, toks, isa) -> [16 x float32 per
-    token]."""
-
-    @intrinsic
-    def dots(typingctx, w, base, qx, dx, sums, ks, out, r):
-        if not (isinstance(ks, types.UniTuple) and all(a.ndim == 2 and a.layout == "C" for a in (qx, dx, sums, out))):
-            return None
-        sig = types.void(w, base, qx, dx, sums, ks, out, r)
-
-        def codegen(context, builder, sig, args):
-            arr = _Arrays(context, builder, sig, args)  # 0 w, 1 base, 2 qx, 3 dx, 4 sums, 5 ks, 6 out, 7 r
-            tk = sig.args[5]
-            ks = [context.cast(builder, builder.extract_value(args[5], j), tk.dtype, types.int64)
-                  for j in range(tk.count)]
-            ys = core(builder, arr, arr.int(1), [_Token(arr, k) for k in ks], isa)
-            for k, y in zip(ks, ys, strict=True):
-                at = builder.add(builder.mul(k, arr.cols(6)), arr.int(7))
-                builder.store(y, builder.bitcast(builder.gep(arr.data(6), [at]), V16F.as_pointer()), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return dots
-
-
 class _Block:
     """Helpers for one block of a group: constants, lane-vector loads at the block's offset o, the per-token
     float accumulators, and the broadcast activation words."""
@@ -146,14 +120,19 @@ class _Block:
     def results(self):
         return [self.b.load(a) for a in self.accs]
 
+    @contextlib.contextmanager
+    def blocks(self, base, qtype):
+        """The loop over the blocks of the group at base: (block index, its byte offset)."""
+        info, b = type_info(qtype), self.b
+        n = b.sdiv(self.arr.cols(2), ir.Constant(I64, info.block_size))
+        with cgutils.for_range(b, n) as loop:  # hot loop: one block of 16 rows
+            yield loop.index, b.add(base, b.mul(loop.index, ir.Constant(I64, R * info.type_size)))
+
 
 def _q4_k(builder, arr, base, toks, isa):
     k = _Block(builder, arr, toks)
     b, c, T = builder, k.c, len(toks)
-    n_blocks = b.sdiv(arr.cols(2), ir.Constant(I64, 256))
-    with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: one block of 16 rows
-        ib = loop.index
-        o = b.add(base, b.mul(ib, ir.Constant(I64, R * type_info(GGMLType.Q4_K).type_size)))
+    with k.blocks(base, GGMLType.Q4_K) as (ib, o):
         d, dmin = k.halves(o, 0), k.halves(o, 1)
         w = b.add(o, ir.Constant(I64, 4 * R))  # the words
         u = [k.words(w, j) for j in range(3)]  # blocks.scale_min_k4 of 16 rows: scales 0-3, 4-7, minimums 0-3, 4-7
@@ -197,10 +176,7 @@ def _q4_k(builder, arr, base, toks, isa):
 def _q6_k(builder, arr, base, toks, isa):
     k = _Block(builder, arr, toks)
     b, c, T = builder, k.c, len(toks)
-    n_blocks = b.sdiv(arr.cols(2), ir.Constant(I64, 256))
-    with cgutils.for_range(builder, n_blocks) as loop:  # hot loop: one block of 16 rows
-        ib = loop.index
-        o = b.add(base, b.mul(ib, ir.Constant(I64, R * type_info(GGMLType.Q6_K).type_size)))
+    with k.blocks(base, GGMLType.Q6_K) as (ib, o):
         d, w = k.halves(o, 0), b.add(o, ir.Constant(I64, 2 * R))
         scw = [k.words(w, j) for j in range(4)]  # int8 scale s at byte s % 4 of word s // 4
         scale = lambda s: b.ashr(b.shl(scw[s // 4], c(24 - 8 * (s % 4))), c(24))  # noqa: E731
@@ -247,17 +223,13 @@ def _q32(qtype):
     int8, fifth = qtype == GGMLType.Q8_0, qtype in (GGMLType.Q5_0, GGMLType.Q5_1)
     has_m = qtype in (GGMLType.Q4_1, GGMLType.Q5_1)
     offset = {GGMLType.Q4_0: 8, GGMLType.Q5_0: 16}.get(qtype, 0)
-    size = type_info(qtype).type_size
 
     def core(builder, arr, base, toks, isa):
         k = _Block(builder, arr, toks)
         b, c, T = builder, k.c, len(toks)
         vnni = isa in ("avx512vnni", "avxvnni")
         off = 128 if int8 and vnni else offset  # VNNI multiplies unsigned bytes: Q8_0's quants are moved up by 128
-        n = b.sdiv(arr.cols(2), ir.Constant(I64, 32))
-        with cgutils.for_range(builder, n) as loop:  # hot loop: one block of 16 rows
-            ib = loop.index
-            o = b.add(base, b.mul(ib, ir.Constant(I64, R * size)))
+        with k.blocks(base, qtype) as (ib, o):
             d, m = k.halves(o, 0), (k.halves(o, 1) if has_m else None)
             w = b.add(o, ir.Constant(I64, 2 * R * (2 if has_m else 1)))
             quads = []  # quads[q]: elements 4q .. 4q + 3 of the 16 rows
@@ -300,7 +272,8 @@ _CORES = {GGMLType.Q4_K: _q4_k, GGMLType.Q6_K: _q6_k,
 
 def dots_intrinsic(qtype, isa: str = ISA):
     """The 16-row dots intrinsic of an interleaved type (quant.interleave.TYPES) emitted for variant `isa`."""
-    return _intrinsic(_CORES[type_info(qtype).type], isa)
+    core = _CORES[type_info(qtype).type]
+    return tokens_intrinsic(lambda builder, arr, base, toks: core(builder, arr, base, toks, isa))
 
 
 assert set(_CORES) == set(L.TYPES)

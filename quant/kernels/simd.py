@@ -229,6 +229,14 @@ def _intrinsics(core):
 
         return sig, codegen
 
+    return dot, tokens_intrinsic(core)
+
+
+def tokens_intrinsic(core):
+    """dots(w, base, qx, dx, sums, ks, out, r) around core(builder, arrays, base, tokens) -> [one result per token]:
+    tokens ks (a tuple of row indices, its length fixed when compiled) of (n_tok, ...) C-contiguous arrays; a
+    float32 result goes to out[k, r], a vector of n float32 to out[k, r:r + n]."""
+
     @intrinsic
     def dots(typingctx, row, base, qx, dx, sums, ks, out, r):
         if not (isinstance(ks, types.UniTuple) and all(a.ndim == 2 and a.layout == "C" for a in (qx, dx, sums, out))):
@@ -242,13 +250,13 @@ def _intrinsics(core):
                   for j in range(tk.count)]
             ys = core(builder, arr, arr.int(1), [_Token(arr, k) for k in ks])
             for k, y in zip(ks, ys, strict=True):
-                at = builder.add(builder.mul(k, arr.cols(6)), arr.int(7))
-                builder.store(y, builder.gep(arr.data(6), [at]))
+                at = builder.gep(arr.data(6), [builder.add(builder.mul(k, arr.cols(6)), arr.int(7))])
+                builder.store(y, builder.bitcast(at, y.type.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return dot, dots
+    return dots
 
 
 GROUP = 8  # blocks of a 32-block type whose integer sums are gathered into one vector for one float step
