@@ -152,10 +152,10 @@ def test_release_keeps_the_bytes(model_path):
 
 def test_model_repack_switch(model_path, monkeypatch):
     """load_model(repack=False) leaves every matrix in GGML's layout; the default's Model.repack() interleaves
-    Qwen2.5-0.5B's layer matrices (Q5_0, Q8_0, Q4_K, Q6_K). The two differ by float32 rounding per dot (its float steps are grouped
-    differently), which 24 layers amplify (a relative noise of 5e-7 on the matrix outputs moves these logits as much):
-    they agree as closely as test_int_path asks of either against transformers, which the default (interleaved)
-    model is held to there."""
+    Qwen2.5-0.5B's layer matrices (Q5_0, Q8_0, Q4_K, Q6_K). The two differ by float32 rounding per dot (its float
+    steps are grouped differently), which 24 layers amplify (a relative noise of 5e-7 on the matrix outputs moves
+    these logits as much): they agree as closely as test_int_path asks of either against transformers, which the
+    default (interleaved) model is held to there."""
     import quant.matrix
     from runtime.layers import matrices
     from runtime.model import load_model
