@@ -100,11 +100,15 @@ class QMatrix:
         return self.path == "int" and self.qtype not in _FLOAT_TYPES
 
     @property
+    def _interleaved(self) -> bool:  # whether the integer kernels take this matrix's blocks interleaved
+        return self.interleave and interleavable(self.qtype, self.n_rows)
+
+    @property
     def blocks(self) -> tuple[np.ndarray, int]:
         """(blocks, code) for the integer kernels: the interleaved groups (made on first use) with code
         int(qtype) | INTERLEAVED, or GGML's rows with int(qtype)."""
         if self._blocks is None:
-            if self.interleave and interleavable(self.qtype, self.n_rows):
+            if self._interleaved:
                 self._blocks = _readonly(interleave(self.raw, self.qtype)), int(self.qtype) | kernels_int.INTERLEAVED
                 if self.on_interleaved is not None:
                     self.on_interleaved(self.raw)
@@ -117,7 +121,7 @@ class QMatrix:
         """From how many tokens on matmul runs sgemm over dequantized tiles (below, every token as if alone)."""
         if not self._int:
             return BLAS_MIN_TOKENS
-        if self._block == QK_K or self.interleave and interleavable(self.qtype, self.n_rows):
+        if self._block == QK_K or self._interleaved:
             return INT_K_BLAS_MIN_TOKENS
         return INT_BLAS_MIN_TOKENS
 
