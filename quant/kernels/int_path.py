@@ -28,6 +28,7 @@ def _is_k(code):
 GROUP = 3  # matmul_many always takes this many matrices (Q, K, V; unused slots hold 0 rows): one compiled
 # signature for a single matrix, up + gate and Q + K + V (numba compiles a parallel kernel per tuple length, ~8 s each)
 TOKENS = 4  # tokens per several-token row dot (int_dot.row_dots): each weight block is unpacked once for them
+QUANT_PARALLEL = 8  # tokens from which a product quantizes its activations in parallel
 X_TILE = 16384  # bytes of quantized activations per token tile: they stay in L1 while a task's rows pass over them
 
 
@@ -57,10 +58,17 @@ def matmul_many(raws, codes, X, Ys):
         starts[m + 1] = starts[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
         need_k |= _is_k(codes[m])
         need_0 |= not _is_k(codes[m])
-    if need_k:
-        quantize_rows(X, QK_K, qxk, dxk, bsk, xs)
-    if need_0:
-        quantize_rows(X, QK, qx0, dx0, bs0, xs)
+    if n_tok < QUANT_PARALLEL:  # a decoding step's few tokens: quantized on this thread
+        if need_k:
+            quantize_rows(X, QK_K, qxk, dxk, bsk, xs)
+        if need_0:
+            quantize_rows(X, QK, qx0, dx0, bs0, xs)
+    else:  # a prompt's tokens: in parallel
+        for t in prange(n_tok):
+            if need_k:
+                quantize_rows(X[t:t + 1], QK_K, qxk[t:t + 1], dxk[t:t + 1], bsk[t:t + 1], xs[t:t + 1])
+            if need_0:
+                quantize_rows(X[t:t + 1], QK, qx0[t:t + 1], dx0[t:t + 1], bs0[t:t + 1], xs[t:t + 1])
     tile = max(TOKENS, X_TILE // n // TOKENS * TOKENS)
     for task in prange(starts[n_mats]):
         m = 0
