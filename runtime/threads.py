@@ -8,9 +8,16 @@ import queue
 import threading
 
 import numba
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import LlambaError
+
+# GNU OpenMP (numba's parallel loops here) keeps its threads spinning after a parallel loop for 300000 turns (~7 ms on
+# AMD EPYC) unless told otherwise; a long prompt's attention runs on a pool of Python threads (numpy/BLAS) right after
+# one, and the spinning threads took its cores: Qwen2.5-0.5B pp512's attention, 2 threads, 316-343 -> 226-252 ms with
+# 30000 turns (~0.7 ms, still longer than the gaps between a decoding step's loops: tg unchanged). Read when libgomp
+# loads (numba's first parallel loop); a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 
 def check_threads(n: int | None) -> int | None:
@@ -22,9 +29,11 @@ def check_threads(n: int | None) -> int | None:
 
 
 def set_threads(n: int) -> None:
-    """Use n threads in the calling thread's numba kernels and in BLAS (process-wide)."""
+    """Use n threads in the calling thread's numba kernels and in BLAS (process-wide), the latter set from the kernel
+    thread: OpenBLAS set to 2 threads from the main thread before the first forward pass kept a worker thread
+    spinning through every prompt that followed (Qwen2.5-0.5B pp512, 2 threads: 170-180 against 330-400 tok/s)."""
     numba.set_num_threads(n)
-    threadpool_limits(limits=n, user_api="blas")
+    on_kernel_thread(blas_threads, n)
 
 
 @functools.cache

@@ -69,3 +69,14 @@ def test_forward_passes_run_on_the_kernel_thread(tmp_path, monkeypatch):
     model.forward_batch(np.array([4, 4], np.int32), [3, 3], caches)
     assert names and set(names) == {"llamba-kernels"}
     assert np.array_equal(model.forward(np.array([1, 2, 3], np.int32), 0, model.new_cache()), want)
+
+
+def test_set_threads_limits_blas_from_the_kernel_thread(monkeypatch):
+    """OpenBLAS limited to 2 threads from the main thread before the first forward pass kept a worker spinning
+    through every prompt after it (pp512 at half speed): set_threads gives BLAS its count on the kernel thread."""
+    seen = []
+    monkeypatch.setattr(threads, "blas_threads", lambda n: seen.append((n, threading.current_thread().name)))
+    threads.set_threads(1)
+    assert numba.get_num_threads() == 1
+    assert seen == [(1, "llamba-kernels")]
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
