@@ -28,7 +28,7 @@ from numba.core import config, event
 from . import isa, stamp
 
 PACKAGES = ("quant", "runtime")  # whose kernels the compile message is about
-MESSAGE = "llamba: compiling kernels for this CPU (cached for later runs; up to ~30 s)..."
+MESSAGE = "llamba: compiling kernels for this CPU (cached for later runs; a minute or two)..."
 
 
 def writable(path: Path) -> bool:

@@ -57,10 +57,24 @@ def dot_q2_k(row, base, qx, dx, bs, xs):  # value d sc q - dmin m
     return total
 
 
+@njit(cache=True, nogil=True)
+def slow_rows(code, w, rb, r0, r1, qx, dx, bs, xs, out):
+    """out[:, r0:r1] = the rows r0..r1-1 of Q2_K or Q3_K (no intrinsics) at w[r * rb:] against every token. Its own
+    function, called once per task: inlined beside the other types' dots, these two made the product kernel's compile
+    ~4x longer; called per row from the hot loops, they slowed the other types' (a call in a loop keeps LLVM from
+    hoisting its loads)."""
+    for r in range(r0, r1):
+        for k in range(qx.shape[0]):
+            if code == GGMLType.Q2_K:
+                out[k, r] = dot_q2_k(w, r * rb, qx[k], dx[k], bs[k], xs[k])
+            else:
+                out[k, r] = dot_q3_k(w, r * rb, qx[k], dx[k], bs[k], xs[k])
+
+
 @jit
 def row_dot(code, row, base, qx, dx, bs, xs):
     """Dot of the row at row[base:] of GGMLType `code` with one Q8 activation row; the type branch runs once per
-    row. The 32-block types and Q4_K..Q6_K are whole-row intrinsics of simd.py; Q2_K and Q3_K loop here."""
+    row. The 32-block types and Q4_K..Q6_K are whole-row intrinsics of simd.py (Q2_K and Q3_K: slow_rows)."""
     if code == GGMLType.Q4_K:
         return simd.dot_row_q4_k(row, base, qx, dx, bs)
     if code == GGMLType.Q6_K:
@@ -77,18 +91,14 @@ def row_dot(code, row, base, qx, dx, bs, xs):
         return simd.dot_row_q5_1(row, base, qx, dx, xs)
     if code == GGMLType.Q5_K:
         return simd.dot_row_q5_k(row, base, qx, dx, bs)
-    if code == GGMLType.IQ4_NL:
-        return simd.dot_row_iq4_nl(row, base, qx, dx, bs)
-    if code == GGMLType.Q2_K:
-        return dot_q2_k(row, base, qx, dx, bs, xs)
-    return dot_q3_k(row, base, qx, dx, bs, xs)
+    return simd.dot_row_iq4_nl(row, base, qx, dx, bs)
 
 
 @jit
 def row_dots(code, row, base, qx, dx, bs, xs, ks, out, r):
     """out[k, r] = the dot of the row at row[base:] with activation row k of the (n_tok, ...) arrays, for the tokens
     k of the tuple ks (its length is compiled in): each weight block is unpacked once for all of them, and every
-    result is the same bits as row_dot's. Q2_K and Q3_K (no several-token form) call row_dot per token."""
+    result is the same bits as row_dot's."""
     if code == GGMLType.Q4_K:
         return simd.dot_rows_q4_k(row, base, qx, dx, bs, ks, out, r)
     if code == GGMLType.Q6_K:
@@ -105,10 +115,7 @@ def row_dots(code, row, base, qx, dx, bs, xs, ks, out, r):
         return simd.dot_rows_q5_1(row, base, qx, dx, xs, ks, out, r)
     if code == GGMLType.Q5_K:
         return simd.dot_rows_q5_k(row, base, qx, dx, bs, ks, out, r)
-    if code == GGMLType.IQ4_NL:
-        return simd.dot_rows_iq4_nl(row, base, qx, dx, bs, ks, out, r)
-    for k in ks:
-        out[k, r] = row_dot(code, row, base, qx[k], dx[k], bs[k], xs[k])
+    simd.dot_rows_iq4_nl(row, base, qx, dx, bs, ks, out, r)
 
 
 @jit

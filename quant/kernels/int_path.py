@@ -11,7 +11,7 @@ from ..activation import quantize_rows
 from ..blocks import QK
 from ..interleave import ROWS
 from ..types import QK_K, GGMLType
-from .int_dot import group_dots, row_dot, row_dots
+from .int_dot import group_dots, row_dot, row_dots, slow_rows
 
 ROWS_PER_TASK = ROWS  # rows per prange iteration: one group of interleaved rows
 INTERLEAVED = 1 << 8  # set in a matrix's code: its blocks are quant.interleave's groups, (n_rows // ROWS, bytes)
@@ -82,6 +82,9 @@ def matmul_many(raws, codes, X, Ys):
             group_dots(code ^ INTERLEAVED, w, (task - starts[m]) * rb, qx, dx, bs, xs, Y, r0)
             continue
         r1 = min(raw.shape[0], r0 + ROWS_PER_TASK)
+        if code == GGMLType.Q2_K or code == GGMLType.Q3_K:
+            slow_rows(code, w, rb, r0, r1, qx, dx, bs, xs, Y)
+            continue
         if n_tok == 1:  # hot loop of a decode step: the token's activation rows taken once, not per row
             q1, d1, b1, x1 = qx[0], dx[0], bs[0], xs[0]
             for r in range(r0, r1):
