@@ -162,7 +162,11 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     big = n * (end - start) * n_head * hd >= PROMPT_SPLIT
     rows = -(-n // PROMPT_TASKS) if big else n  # query rows per task
     tasks = [(i, min(n, i + rows)) for i in range(0, n, rows)]
-    run = lambda t: _attend_rows(qg, keys, vals, pos, start, scale, window, slopes, o, *t)  # noqa: E731
+    errors = np.geterr()  # the caller's NumPy error handling, in the pool's threads too
+
+    def run(t):
+        with np.errstate(**errors):
+            _attend_rows(qg, keys, vals, pos, start, scale, window, slopes, o, *t)
     pool = _pool() if big else None
     for _ in (map if pool is None else pool.map)(run, tasks):
         pass

@@ -8,6 +8,7 @@ import queue
 import threading
 
 import numba
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .errors import LlambaError
@@ -66,11 +67,12 @@ class _KernelThread:
         self._pid = None
 
     def run(self, fn, *args):
-        """fn(*args) on the kernel thread with the caller's numba thread count (a per-thread setting); its result,
-        or its exception raised here. Called on the kernel thread itself, it runs fn directly."""
+        """fn(*args) on the kernel thread with the caller's numba thread count and NumPy error handling (per-thread
+        settings); its result, or its exception raised here. Called on the kernel thread itself, it runs fn
+        directly."""
         if threading.current_thread() is self._thread:
             return fn(*args)
-        job = _Job(fn, args, numba.get_num_threads())
+        job = _Job(fn, args, numba.get_num_threads(), np.geterr())
         self._queue().put(job)
         job.done.wait()
         if job.error is not None:
@@ -92,7 +94,8 @@ class _KernelThread:
             job = jobs.get()
             try:
                 numba.set_num_threads(job.n_threads)
-                job.result = job.fn(*job.args)
+                with np.errstate(**job.errors):
+                    job.result = job.fn(*job.args)
             except BaseException as e:  # noqa: BLE001 (raised in the caller)
                 job.error = e
             finally:
@@ -100,8 +103,8 @@ class _KernelThread:
 
 
 class _Job:
-    def __init__(self, fn, args, n_threads: int):
-        self.fn, self.args, self.n_threads = fn, args, n_threads
+    def __init__(self, fn, args, n_threads: int, errors: dict):
+        self.fn, self.args, self.n_threads, self.errors = fn, args, n_threads, errors
         self.result = self.error = None
         self.done = threading.Event()
 

@@ -253,6 +253,7 @@ def test_warmup_compiles_every_kernel_up_front(tmp_path):
     done = [tuple(map(int, line.rsplit(" ", 1)[1].split("/"))) for line in progress]  # (k, N), plain lines
     assert len(done) >= 2 and done[-1][0] == done[-1][1] and done == sorted(done), err
     assert jit_cache.MESSAGE not in err  # the progress replaces the one-line message
+    assert "Warning" not in err, err  # the warm-up's scratch layer overflows: quietly (its errstate, every thread)
 
     markers = list((tmp_path / "numba").rglob("*.warm"))
     assert len(markers) == 1  # this model's warm-up completed: the next one is skipped

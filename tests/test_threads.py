@@ -3,6 +3,7 @@ the asking thread's kernel thread count: GNU OpenMP keeps a team per calling thr
 machine make every parallel loop wait on a futex (a decoding step measured 29 -> 40 ms)."""
 
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -80,3 +81,14 @@ def test_set_threads_limits_blas_from_the_kernel_thread(monkeypatch):
     assert numba.get_num_threads() == 1
     assert seen == [(1, "llamba-kernels")]
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_numpy_error_handling_follows_the_call_to_the_kernel_thread():
+    """np.errstate is per thread: a forward pass runs with its caller's (the warm-up's scratch layer overflows
+    quietly, an application's "raise" raises)."""
+    divide = lambda: np.ones(1, np.float32) / np.float32(0)  # noqa: E731
+    with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+        threads.on_kernel_thread(divide)
+    with np.errstate(divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert threads.on_kernel_thread(divide)[0] == np.inf
