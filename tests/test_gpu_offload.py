@@ -8,8 +8,8 @@ are decisive. Checked: the logits of a 5-token prompt and of 3 decoded tokens wi
 (relative to the largest logit; the GPU keeps keys and values in fp16, the CPU in float32), and the same 3 greedy
 tokens. Measured in the simulator: 3e-5 (gpt2, phi2) to 2.9e-4 (gemma3, llama q4_k_m) with -ngl 99; the split's
 are smaller (one layer's fp16 cache instead of two). Every architecture runs with everything on the GPU; the split,
-whose layer code is the same and whose hand-over does not depend on the architecture, runs for three of them (the
-simulator takes ~5 s per model and setting).
+whose layer code is the same and whose hand-over does not depend on the architecture, runs for three of them and
+the mixed-type model (the simulator takes 5-10 s per model and setting).
 """
 
 import os
